@@ -1,0 +1,298 @@
+//! [`Buffer`]: the per-request collection of events.
+//!
+//! # Lifecycle
+//!
+//! ```text
+//!  start() ──▶ Open ──emit()──▶ Open
+//!               │  └──flush()──▶ Open        (events so far handed to the pipeline)
+//!               ├──commit()───▶ Committed    (events handed over; closed)
+//!               ├──terminate()▶ Terminated   (events discarded; closed)
+//!               └──drop───────▶ Terminated   (last handle dropped while open: discarded, reported)
+//! ```
+//!
+//! Emitting, committing, flushing or terminating a closed buffer returns
+//! [`Error::BufferClosed`]; nothing is ever silently ignored.
+//!
+//! # Concurrency and order
+//!
+//! A `Buffer` is a cheap handle (`Clone`, `Send + Sync`): spawned subtasks of a request can emit
+//! into the same buffer. Events keep the order in which `emit` returned. Commits and flushes of
+//! one buffer are handed to the pipeline one at a time, so successive flushes arrive in order.
+//!
+//! # Errors
+//!
+//! A payload that fails to serialize returns [`Error::Serialize`] and leaves the buffer
+//! unchanged. After [`Emissions::shutdown`](crate::Emissions::shutdown), emit and commit return
+//! [`Error::ShutDown`]; a failed commit keeps its events in the (still open) buffer, where
+//! [`events`](Buffer::events) hands them back.
+//!
+//! # Example
+//!
+//! ```
+//! # use emissions_core::Emissions;
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), emissions_core::Error> {
+//! let emissions = Emissions::builder().start().await?;
+//! let buffer = emissions.start();
+//! buffer.emit("order_created", &serde_json::json!({"id": 1}))?;
+//! let child = buffer.clone();
+//! tokio::spawn(async move { child.emit("order_priced", &42) }).await.unwrap()?;
+//! let receipt = buffer.commit().await?;
+//! assert_eq!(receipt.event_count(), 2);
+//! assert!(buffer.emit("late", &1).is_err());
+//! # Ok(()) }
+//! ```
+
+use std::borrow::Cow;
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::Serialize;
+
+use crate::ambient;
+use crate::telemetry::{TelemetryEvent, TerminateReason};
+use crate::{BufferState, Emissions, Error, Event, Metadata, Receipt};
+
+/// A per-request buffer of events. See the [module docs](crate::buffer) for the lifecycle.
+#[derive(Clone)]
+pub struct Buffer {
+    shared: Arc<BufferShared>,
+}
+
+struct BufferShared {
+    emissions: Emissions,
+    state: Mutex<BufferInner>,
+    /// Serializes commits and flushes of this buffer so they reach the pipeline in order.
+    handover: tokio::sync::Mutex<()>,
+}
+
+struct BufferInner {
+    status: BufferState,
+    events: Vec<Event>,
+}
+
+impl fmt::Debug for Buffer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = self.lock();
+        f.debug_struct("Buffer")
+            .field("state", &inner.status)
+            .field("events", &inner.events.len())
+            .finish()
+    }
+}
+
+impl Buffer {
+    pub(crate) fn new(emissions: Emissions) -> Self {
+        Buffer {
+            shared: Arc::new(BufferShared {
+                emissions,
+                state: Mutex::new(BufferInner {
+                    status: BufferState::Open,
+                    events: Vec::new(),
+                }),
+                handover: tokio::sync::Mutex::new(()),
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BufferInner> {
+        self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends an event with empty metadata.
+    ///
+    /// See the [module docs](crate::buffer).
+    pub fn emit<P>(&self, name: impl Into<Cow<'static, str>>, payload: &P) -> Result<(), Error>
+    where
+        P: Serialize + ?Sized,
+    {
+        self.emit_with_metadata(name, payload, Metadata::new())
+    }
+
+    /// Appends an event with metadata.
+    ///
+    /// ```
+    /// # use emissions_core::{Emissions, Metadata};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), emissions_core::Error> {
+    /// # let emissions = Emissions::builder().start().await?;
+    /// let buffer = emissions.start();
+    /// let mut meta = Metadata::new();
+    /// meta.insert("source".into(), "api".into());
+    /// buffer.emit_with_metadata("order_created", &serde_json::json!({"id": 1}), meta)?;
+    /// assert_eq!(buffer.events()[0].metadata()["source"], "api");
+    /// # Ok(()) }
+    /// ```
+    pub fn emit_with_metadata<P>(
+        &self,
+        name: impl Into<Cow<'static, str>>,
+        payload: &P,
+        metadata: Metadata,
+    ) -> Result<(), Error>
+    where
+        P: Serialize + ?Sized,
+    {
+        self.shared.emissions.ensure_open()?;
+        let event = Event::new(name, payload, metadata)?;
+        let mut inner = self.lock();
+        match inner.status {
+            BufferState::Open => {
+                inner.events.push(event);
+                Ok(())
+            }
+            state => Err(Error::BufferClosed { state }),
+        }
+    }
+
+    /// Hands every buffered event to the pipeline and closes the buffer.
+    ///
+    /// Returns a [`Receipt`] to await delivery. With the default overflow policy it never waits
+    /// for adapters; with [`OverflowPolicy::Block`](crate::OverflowPolicy::Block) it waits for
+    /// room in that adapter's queue.
+    ///
+    /// See the [module docs](crate::buffer).
+    pub async fn commit(&self) -> Result<Receipt, Error> {
+        self.hand_over(BufferState::Committed).await
+    }
+
+    /// Hands the events buffered so far to the pipeline and keeps the buffer open.
+    ///
+    /// ```
+    /// # use emissions_core::{BufferState, Emissions};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), emissions_core::Error> {
+    /// # let emissions = Emissions::builder().start().await?;
+    /// let buffer = emissions.start();
+    /// buffer.emit("step_one", &1)?;
+    /// assert_eq!(buffer.flush().await?.event_count(), 1);
+    /// buffer.emit("step_two", &2)?;
+    /// assert_eq!(buffer.state(), BufferState::Open);
+    /// assert_eq!(buffer.commit().await?.event_count(), 1);
+    /// # Ok(()) }
+    /// ```
+    pub async fn flush(&self) -> Result<Receipt, Error> {
+        self.hand_over(BufferState::Open).await
+    }
+
+    async fn hand_over(&self, next: BufferState) -> Result<Receipt, Error> {
+        let _turn = self.shared.handover.lock().await;
+        let events = {
+            let mut inner = self.lock();
+            if inner.status != BufferState::Open {
+                return Err(Error::BufferClosed {
+                    state: inner.status,
+                });
+            }
+            self.shared.emissions.ensure_open()?;
+            inner.status = next;
+            std::mem::take(&mut inner.events)
+        };
+        let count = events.len();
+        match self.shared.emissions.dispatch(events).await {
+            Ok(receipt) => {
+                self.shared
+                    .emissions
+                    .telemetry(&TelemetryEvent::BufferCommitted { event_count: count });
+                Ok(receipt)
+            }
+            Err(events) => {
+                // Shut down meanwhile: give the events back, keep the buffer open.
+                let mut inner = self.lock();
+                inner.status = BufferState::Open;
+                let newer = std::mem::replace(&mut inner.events, events);
+                inner.events.extend(newer);
+                Err(Error::ShutDown)
+            }
+        }
+    }
+
+    /// Discards the buffered events and closes the buffer; returns how many were discarded.
+    ///
+    /// ```
+    /// # use emissions_core::{BufferState, Emissions};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), emissions_core::Error> {
+    /// # let emissions = Emissions::builder().start().await?;
+    /// let buffer = emissions.start();
+    /// buffer.emit("order_created", &1)?;
+    /// assert_eq!(buffer.terminate()?, 1);
+    /// assert_eq!(buffer.state(), BufferState::Terminated);
+    /// # Ok(()) }
+    /// ```
+    pub fn terminate(&self) -> Result<usize, Error> {
+        let discarded = {
+            let mut inner = self.lock();
+            if inner.status != BufferState::Open {
+                return Err(Error::BufferClosed {
+                    state: inner.status,
+                });
+            }
+            inner.status = BufferState::Terminated;
+            std::mem::take(&mut inner.events).len()
+        };
+        self.shared
+            .emissions
+            .telemetry(&TelemetryEvent::BufferTerminated {
+                event_count: discarded,
+                reason: TerminateReason::Terminate,
+            });
+        Ok(discarded)
+    }
+
+    /// Where the buffer is in its lifecycle.
+    ///
+    /// See [`flush`](Self::flush).
+    pub fn state(&self) -> BufferState {
+        self.lock().status
+    }
+
+    /// The events buffered and not yet handed over, in emit order.
+    ///
+    /// See [`emit_with_metadata`](Self::emit_with_metadata).
+    pub fn events(&self) -> Vec<Event> {
+        self.lock().events.clone()
+    }
+
+    /// Runs `future` with this buffer as the ambient buffer of the task, so that
+    /// [`emissions_core::emit`](crate::emit) and friends reach it from deep in the call stack.
+    ///
+    /// ```
+    /// # use emissions_core::Emissions;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), emissions_core::Error> {
+    /// # let emissions = Emissions::builder().start().await?;
+    /// async fn deep_in_the_stack() -> Result<(), emissions_core::Error> {
+    ///     emissions_core::emit("order_created", &serde_json::json!({"id": 1}))
+    /// }
+    ///
+    /// let buffer = emissions.start();
+    /// buffer.scope(deep_in_the_stack()).await?;
+    /// assert_eq!(buffer.events().len(), 1);
+    /// # Ok(()) }
+    /// ```
+    pub async fn scope<F: Future>(&self, future: F) -> F::Output {
+        ambient::scope_buffer(self.clone(), future).await
+    }
+
+    pub(crate) fn emissions(&self) -> &Emissions {
+        &self.shared.emissions
+    }
+}
+
+impl Drop for BufferShared {
+    fn drop(&mut self) {
+        let inner = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        if inner.status == BufferState::Open {
+            let count = inner.events.len();
+            if count > 0 {
+                tracing::debug!(target: "emissions", events = count, "buffer dropped without commit; events discarded");
+            }
+            self.emissions
+                .telemetry(&TelemetryEvent::BufferTerminated {
+                    event_count: count,
+                    reason: TerminateReason::Dropped,
+                });
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! The one error type of `emissions-core`.
+
+use std::fmt;
+
+/// A boxed error from an adapter or other user code.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Where a buffer is in its lifecycle.
+///
+/// ```
+/// use emissions_core::BufferState;
+/// assert_eq!(BufferState::Committed.to_string(), "committed");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum BufferState {
+    /// Accepting events (also after a `flush`).
+    Open,
+    /// Handed to the pipeline by `commit`; closed.
+    Committed,
+    /// Discarded by `terminate` or by being dropped; closed.
+    Terminated,
+}
+
+impl fmt::Display for BufferState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BufferState::Open => "open",
+            BufferState::Committed => "committed",
+            BufferState::Terminated => "terminated",
+        })
+    }
+}
+
+/// Everything that can go wrong in `emissions-core`.
+///
+/// ```
+/// use emissions_core::Error;
+/// let err = Error::NoBuffer;
+/// assert_eq!(err.to_string(), "no open buffer in this task");
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The payload could not be serialized to JSON; nothing was buffered.
+    #[error("payload of event `{name}` failed to serialize")]
+    Serialize {
+        /// The event name that was being emitted.
+        name: String,
+        /// The serializer's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Event names must not be empty.
+    #[error("event name must not be empty")]
+    EmptyName,
+    /// The buffer was already committed or terminated.
+    #[error("buffer is {state}")]
+    BufferClosed {
+        /// The state the buffer is in.
+        state: BufferState,
+    },
+    /// An ambient `emit`/`commit` ran outside any buffer scope; the event was dropped and reported.
+    #[error("no open buffer in this task")]
+    NoBuffer,
+    /// No `Emissions` instance: neither a scoped default nor a global default is set.
+    #[error("no emissions instance: set a global default or use with_default")]
+    NoInstance,
+    /// `set_global_default` was called twice.
+    #[error("a global default emissions instance is already set")]
+    GlobalDefaultAlreadySet,
+    /// The instance is shut down (or shutting down) and accepts no more events.
+    /// A buffer whose commit failed this way keeps its events.
+    #[error("emissions is shut down")]
+    ShutDown,
+    /// An adapter's options are invalid; the message says how to fix them.
+    #[error("adapter `{adapter}`: invalid `{field}`: {reason}")]
+    Config {
+        /// The adapter's registered name.
+        adapter: String,
+        /// The option at fault.
+        field: &'static str,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+    /// An adapter's `init` failed, so the instance did not start.
+    #[error("adapter `{adapter}` failed to initialise")]
+    Init {
+        /// The adapter's registered name.
+        adapter: String,
+        /// The adapter's error.
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl Error {
+    pub(crate) fn config(adapter: &str, field: &'static str, reason: impl Into<String>) -> Self {
+        Error::Config {
+            adapter: adapter.to_owned(),
+            field,
+            reason: reason.into(),
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! Per-request event buffering and fan-out delivery to pluggable adapters.
+//!
+//! Application code opens a [`Buffer`] per request, emits named events into it, and commits them
+//! atomically when the request succeeds (or discards them when it fails). Committed events fan
+//! out through a flume-backed pipeline — one bounded queue and consumer task per [`Adapter`],
+//! batches of up to `max_demand`, independent backpressure — and every event ends, for every
+//! adapter, in a counted state: delivered, filtered, failed or dropped.
+//!
+//! - [`Emissions`]: the instance; built with [`Emissions::builder`], stopped with
+//!   [`Emissions::shutdown`].
+//! - [`Buffer`]: the per-request lifecycle (see [`buffer`]).
+//! - Ambient style: [`emit`], [`commit`], [`transaction`], … with a global default instance and
+//!   scoped overrides (see [`ambient`]).
+//! - [`Adapter`]: the destination trait; [`AdapterOptions`] for queue, batching, overflow and
+//!   retry policy.
+//! - [`Receipt`]: await a commit's delivery; [`DeliveryReport`]: per-adapter accounting.
+//! - [`telemetry`]: the nine telemetry events, as `tracing` events and to observers.
+//!
+//! ```
+//! use emissions_core::{async_trait, Adapter, BatchError, Emissions, Event};
+//! use std::time::Duration;
+//!
+//! struct Print;
+//!
+//! #[async_trait]
+//! impl Adapter for Print {
+//!     async fn handle_events(&mut self, events: &[Event]) -> Result<(), BatchError> {
+//!         for event in events {
+//!             println!("{} {}", event.name(), String::from_utf8_lossy(event.payload()));
+//!         }
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), emissions_core::Error> {
+//! let emissions = Emissions::builder().adapter("print", Print).start().await?;
+//!
+//! let buffer = emissions.start();
+//! buffer.emit("order_created", &serde_json::json!({"id": 42, "item": "widget"}))?;
+//! buffer.commit().await?.settled().await;
+//!
+//! let report = emissions.shutdown(Duration::from_secs(5)).await;
+//! assert_eq!(report.adapter("print").unwrap().counts.delivered, 1);
+//! # Ok(()) }
+//! ```
+#![doc(test(attr(deny(warnings))))]
+
+pub mod ambient;
+pub mod buffer;
+mod adapter;
+mod emissions;
+mod error;
+mod event;
+mod options;
+mod pipeline;
+mod receipt;
+pub mod telemetry;
+
+pub use adapter::{Adapter, BatchError, Failure};
+pub use ambient::{
+    commit, current, current_buffer, emit, emit_with_metadata, flush, set_global_default, start,
+    terminate, transaction, with_default,
+};
+pub use async_trait::async_trait;
+pub use buffer::Buffer;
+pub use emissions::{Emissions, EmissionsBuilder};
+pub use error::{BoxError, BufferState, Error};
+pub use event::{Event, Metadata};
+pub use options::{AdapterOptions, DeadLetter, DeadLetterHook, OverflowPolicy, RetryPolicy};
+pub use receipt::{AdapterReport, CommitOutcome, DeliveryCounts, DeliveryReport, Receipt};

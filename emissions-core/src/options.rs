@@ -1,0 +1,415 @@
+//! Per-adapter options: queue capacity, batching, overflow, retries, dead letters.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::{Error, Event, Failure};
+
+/// What happens when an adapter's queue is full at commit time.
+///
+/// ```
+/// use emissions_core::OverflowPolicy;
+/// assert_eq!(OverflowPolicy::default(), OverflowPolicy::DropNewest);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OverflowPolicy {
+    /// Drop the incoming events that do not fit (reason `queue_full`). The commit never waits.
+    /// The default.
+    #[default]
+    DropNewest,
+    /// Evict the oldest queued events to make room (reason `queue_evicted`). The commit never
+    /// waits.
+    DropOldest,
+    /// Make the committer wait until there is room. A stalled adapter then stalls commits (all
+    /// adapters see commits in one global order), so use it only where losing an event is worse.
+    Block,
+}
+
+/// Retries of failed events: exponential backoff with jitter, capped by attempts and elapsed time.
+///
+/// The delay before attempt `n + 1` is `initial_backoff × multiplierⁿ⁻¹`, capped at
+/// `max_backoff`, then jittered uniformly into `[delay / 2, delay]`. Time is tokio's, so tests
+/// with a paused clock run hour-long schedules instantly.
+///
+/// Defaults: 5 attempts, 100 ms initial backoff, ×2, 30 s maximum backoff, no elapsed-time cap.
+///
+/// ```
+/// use std::time::Duration;
+/// use emissions_core::RetryPolicy;
+///
+/// let policy = RetryPolicy::default()
+///     .max_attempts(8)
+///     .backoff(Duration::from_millis(50), Duration::from_secs(10))
+///     .max_elapsed(Duration::from_secs(60));
+/// assert_eq!(policy.attempts(), 8);
+/// assert_eq!(RetryPolicy::none().attempts(), 1);
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct RetryPolicy {
+    max_attempts: u32,
+    initial_backoff: Duration,
+    max_backoff: Duration,
+    multiplier: f64,
+    max_elapsed: Option<Duration>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(30),
+            multiplier: 2.0,
+            max_elapsed: None,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// One attempt, no retries: failures go to the dead-letter hook at once.
+    ///
+    /// ```
+    /// assert_eq!(emissions_core::RetryPolicy::none().attempts(), 1);
+    /// ```
+    pub fn none() -> Self {
+        RetryPolicy {
+            max_attempts: 1,
+            ..RetryPolicy::default()
+        }
+    }
+
+    /// Total attempts including the first; must be at least 1. Defaults to 5.
+    ///
+    /// ```
+    /// assert_eq!(emissions_core::RetryPolicy::default().max_attempts(3).attempts(), 3);
+    /// ```
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts;
+        self
+    }
+
+    /// The first delay and the cap on any delay. Defaults to 100 ms and 30 s.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let p = emissions_core::RetryPolicy::default()
+    ///     .backoff(Duration::from_secs(1), Duration::from_secs(60));
+    /// # let _ = p;
+    /// ```
+    pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.initial_backoff = initial;
+        self.max_backoff = max;
+        self
+    }
+
+    /// Growth factor between delays; must be finite and at least 1. Defaults to 2.
+    ///
+    /// ```
+    /// let p = emissions_core::RetryPolicy::default().multiplier(3.0);
+    /// # let _ = p;
+    /// ```
+    pub fn multiplier(mut self, multiplier: f64) -> Self {
+        self.multiplier = multiplier;
+        self
+    }
+
+    /// Stop retrying once this much time has passed since the first attempt. Defaults to none.
+    ///
+    /// ```
+    /// let p = emissions_core::RetryPolicy::default()
+    ///     .max_elapsed(std::time::Duration::from_secs(3600));
+    /// # let _ = p;
+    /// ```
+    pub fn max_elapsed(mut self, limit: Duration) -> Self {
+        self.max_elapsed = Some(limit);
+        self
+    }
+
+    /// The configured number of attempts.
+    ///
+    /// ```
+    /// assert_eq!(emissions_core::RetryPolicy::default().attempts(), 5);
+    /// ```
+    pub fn attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    pub(crate) fn elapsed_limit(&self) -> Option<Duration> {
+        self.max_elapsed
+    }
+
+    /// The un-jittered delay after failed attempt `attempt` (1-based).
+    pub(crate) fn base_delay(&self, attempt: u32) -> Duration {
+        let exp = i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX);
+        let secs = self.initial_backoff.as_secs_f64() * self.multiplier.powi(exp);
+        let max = self.max_backoff.as_secs_f64();
+        Duration::from_secs_f64(if secs.is_finite() { secs.min(max) } else { max })
+    }
+
+    /// The jittered delay after failed attempt `attempt`: uniform in `[base / 2, base]`.
+    pub(crate) fn delay(&self, attempt: u32) -> Duration {
+        let base = self.base_delay(attempt);
+        base.mul_f64(0.5 + fastrand::f64() * 0.5)
+    }
+
+    fn validate(&self, adapter: &str) -> Result<(), Error> {
+        if self.max_attempts == 0 {
+            return Err(Error::config(
+                adapter,
+                "retry.max_attempts",
+                "must be at least 1 (1 means no retries)",
+            ));
+        }
+        if !(self.multiplier.is_finite() && self.multiplier >= 1.0) {
+            return Err(Error::config(
+                adapter,
+                "retry.multiplier",
+                "must be a finite number of at least 1.0",
+            ));
+        }
+        if self.initial_backoff > self.max_backoff {
+            return Err(Error::config(
+                adapter,
+                "retry.initial_backoff",
+                "must not exceed retry.max_backoff",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Events an adapter gave up on, handed back to the application.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct DeadLetter {
+    /// The adapter's registered name.
+    pub adapter: Arc<str>,
+    /// The failed events, in emit order.
+    pub events: Vec<Event>,
+    /// The last failure.
+    pub failure: Failure,
+    /// How many attempts were made.
+    pub attempts: u32,
+}
+
+/// A callback that receives dead letters. It runs on the adapter's consumer task: keep it short
+/// (hand the events to a channel or a store). A panic in it is caught and logged.
+///
+/// ```
+/// use emissions_core::DeadLetterHook;
+/// let hook = DeadLetterHook::new(|dead| eprintln!("{} lost {} events", dead.adapter, dead.events.len()));
+/// # let _ = hook;
+/// ```
+#[derive(Clone)]
+pub struct DeadLetterHook(Arc<dyn Fn(DeadLetter) + Send + Sync>);
+
+impl DeadLetterHook {
+    /// Wraps a callback.
+    ///
+    /// ```
+    /// let hook = emissions_core::DeadLetterHook::new(|_dead| {});
+    /// # let _ = hook;
+    /// ```
+    pub fn new(hook: impl Fn(DeadLetter) + Send + Sync + 'static) -> Self {
+        DeadLetterHook(Arc::new(hook))
+    }
+
+    pub(crate) fn call(&self, dead: DeadLetter) {
+        (self.0)(dead)
+    }
+}
+
+impl fmt::Debug for DeadLetterHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DeadLetterHook(..)")
+    }
+}
+
+/// Options of one registered adapter. Plain data with documented defaults; checked by
+/// [`validate`](Self::validate) when the instance starts.
+///
+/// ```
+/// use emissions_core::{AdapterOptions, OverflowPolicy, RetryPolicy};
+///
+/// let options = AdapterOptions::default()
+///     .max_demand(100)
+///     .capacity(50_000)
+///     .overflow(OverflowPolicy::DropOldest)
+///     .retry(RetryPolicy::default().max_attempts(10));
+/// assert!(options.validate("kafka").is_ok());
+///
+/// let err = AdapterOptions::default().capacity(10).validate("kafka").unwrap_err();
+/// assert_eq!(
+///     err.to_string(),
+///     "adapter `kafka`: invalid `max_demand`: 50 exceeds capacity 10; lower max_demand or raise capacity"
+/// );
+/// ```
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct AdapterOptions {
+    /// Largest batch passed to `handle_events`. Defaults to 50.
+    pub max_demand: usize,
+    /// Events the adapter's queue holds. Defaults to 10 000.
+    pub capacity: usize,
+    /// What a full queue does. Defaults to [`OverflowPolicy::DropNewest`].
+    pub overflow: OverflowPolicy,
+    /// Retries of failed events. Defaults to [`RetryPolicy::default`].
+    pub retry: RetryPolicy,
+    /// Receives events the adapter gave up on. Defaults to none (they are logged and counted).
+    pub dead_letter: Option<DeadLetterHook>,
+}
+
+impl Default for AdapterOptions {
+    fn default() -> Self {
+        AdapterOptions {
+            max_demand: 50,
+            capacity: 10_000,
+            overflow: OverflowPolicy::DropNewest,
+            retry: RetryPolicy::default(),
+            dead_letter: None,
+        }
+    }
+}
+
+impl AdapterOptions {
+    /// Sets the largest batch. Defaults to 50.
+    ///
+    /// ```
+    /// assert_eq!(emissions_core::AdapterOptions::default().max_demand(10).max_demand, 10);
+    /// ```
+    pub fn max_demand(mut self, max_demand: usize) -> Self {
+        self.max_demand = max_demand;
+        self
+    }
+
+    /// Sets the queue capacity in events. Defaults to 10 000.
+    ///
+    /// ```
+    /// assert_eq!(emissions_core::AdapterOptions::default().capacity(64).capacity, 64);
+    /// ```
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity;
+        self
+    }
+
+    /// Sets the overflow policy. Defaults to drop newest.
+    ///
+    /// ```
+    /// use emissions_core::{AdapterOptions, OverflowPolicy};
+    /// let o = AdapterOptions::default().overflow(OverflowPolicy::Block);
+    /// assert_eq!(o.overflow, OverflowPolicy::Block);
+    /// ```
+    pub fn overflow(mut self, policy: OverflowPolicy) -> Self {
+        self.overflow = policy;
+        self
+    }
+
+    /// Sets the retry policy.
+    ///
+    /// ```
+    /// use emissions_core::{AdapterOptions, RetryPolicy};
+    /// let o = AdapterOptions::default().retry(RetryPolicy::none());
+    /// assert_eq!(o.retry.attempts(), 1);
+    /// ```
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// Sets the dead-letter hook.
+    ///
+    /// ```
+    /// let o = emissions_core::AdapterOptions::default().dead_letter(|dead| drop(dead));
+    /// assert!(o.dead_letter.is_some());
+    /// ```
+    pub fn dead_letter(mut self, hook: impl Fn(DeadLetter) + Send + Sync + 'static) -> Self {
+        self.dead_letter = Some(DeadLetterHook::new(hook));
+        self
+    }
+
+    /// Checks the options; the error names the adapter and the field and says how to fix it.
+    ///
+    /// ```
+    /// let err = emissions_core::AdapterOptions::default().capacity(0).validate("ws").unwrap_err();
+    /// assert!(err.to_string().contains("`capacity`"));
+    /// ```
+    pub fn validate(&self, adapter: &str) -> Result<(), Error> {
+        if self.capacity == 0 {
+            return Err(Error::config(adapter, "capacity", "must be at least 1"));
+        }
+        if self.max_demand == 0 {
+            return Err(Error::config(adapter, "max_demand", "must be at least 1"));
+        }
+        if self.max_demand > self.capacity {
+            return Err(Error::config(
+                adapter,
+                "max_demand",
+                format!(
+                    "{} exceeds capacity {}; lower max_demand or raise capacity",
+                    self.max_demand, self.capacity
+                ),
+            ));
+        }
+        self.retry.validate(adapter)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let p = RetryPolicy::default().backoff(Duration::from_secs(1), Duration::from_secs(5));
+        let delays: Vec<_> = (1..=5).map(|a| p.base_delay(a).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 5, 5]);
+    }
+
+    #[test]
+    fn jitter_stays_within_half_and_full_delay() {
+        let p = RetryPolicy::default().backoff(Duration::from_secs(8), Duration::from_secs(8));
+        for _ in 0..1000 {
+            let d = p.delay(1);
+            assert!(d >= Duration::from_secs(4) && d <= Duration::from_secs(8), "{d:?}");
+        }
+    }
+
+    #[test]
+    fn huge_attempt_numbers_do_not_overflow() {
+        let p = RetryPolicy::default();
+        assert_eq!(p.base_delay(u32::MAX), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn invalid_options_name_the_field() {
+        let cases = [
+            (AdapterOptions::default().capacity(0), "capacity"),
+            (AdapterOptions::default().max_demand(0), "max_demand"),
+            (
+                AdapterOptions::default().retry(RetryPolicy::default().max_attempts(0)),
+                "retry.max_attempts",
+            ),
+            (
+                AdapterOptions::default().retry(RetryPolicy::default().multiplier(f64::NAN)),
+                "retry.multiplier",
+            ),
+            (
+                AdapterOptions::default().retry(
+                    RetryPolicy::default().backoff(Duration::from_secs(9), Duration::from_secs(1)),
+                ),
+                "retry.initial_backoff",
+            ),
+        ];
+        for (options, field) in cases {
+            match options.validate("a") {
+                Err(Error::Config { adapter, field: f, .. }) => {
+                    assert_eq!(adapter, "a");
+                    assert_eq!(f, field);
+                }
+                other => panic!("expected config error for {field}, got {other:?}"),
+            }
+        }
+    }
+}
