@@ -54,6 +54,7 @@ use crate::{BoxError, Event};
 ///         Ok(())
 ///     }
 /// }
+/// # let _adapter = Stdout;
 /// ```
 #[async_trait]
 pub trait Adapter: Send + 'static {

@@ -16,6 +16,7 @@
 //! use emissions_core::Emissions;
 //!
 //! #[derive(Debug)]
+//! #[allow(dead_code)] // the wrapped error is for the caller's logs
 //! enum AppError { Invalid, Emissions(emissions_core::Error) }
 //! impl From<emissions_core::Error> for AppError {
 //!     fn from(e: emissions_core::Error) -> Self { AppError::Emissions(e) }
@@ -67,10 +68,13 @@ static GLOBAL_DEFAULT: OnceLock<Emissions> = OnceLock::new();
 /// Fails with [`Error::GlobalDefaultAlreadySet`] the second time.
 ///
 /// ```no_run
-/// # async fn run() -> Result<(), emissions_core::Error> {
-/// let emissions = emissions_core::Emissions::builder().start().await?;
-/// emissions_core::set_global_default(emissions)?;
-/// # Ok(()) }
+/// #[tokio::main]
+/// async fn main() -> Result<(), emissions_core::Error> {
+///     let emissions = emissions_core::Emissions::builder().start().await?;
+///     emissions_core::set_global_default(emissions)?;
+///     // … serve requests; `emissions_core::start()` now finds this instance.
+///     Ok(())
+/// }
 /// ```
 pub fn set_global_default(emissions: Emissions) -> Result<(), Error> {
     GLOBAL_DEFAULT
