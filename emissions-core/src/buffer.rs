@@ -288,11 +288,10 @@ impl Drop for BufferShared {
             if count > 0 {
                 tracing::debug!(target: "emissions", events = count, "buffer dropped without commit; events discarded");
             }
-            self.emissions
-                .telemetry(&TelemetryEvent::BufferTerminated {
-                    event_count: count,
-                    reason: TerminateReason::Dropped,
-                });
+            self.emissions.telemetry(&TelemetryEvent::BufferTerminated {
+                event_count: count,
+                reason: TerminateReason::Dropped,
+            });
         }
     }
 }

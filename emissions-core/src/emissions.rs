@@ -13,7 +13,7 @@ use serde::Serialize;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::pipeline::{panic_message, Consumer, Control, Pipeline};
+use crate::pipeline::{Consumer, Control, Pipeline, panic_message};
 use crate::receipt::{AdapterReport, DeliveryReport};
 use crate::telemetry::{ObserverId, TelemetryEvent};
 use crate::{Adapter, AdapterOptions, Buffer, Error, Event, Metadata, Receipt};
@@ -124,7 +124,9 @@ impl Emissions {
     {
         self.ensure_open()?;
         let event = Event::new(name, payload, Metadata::new())?;
-        self.dispatch(vec![event]).await.map_err(|_| Error::ShutDown)
+        self.dispatch(vec![event])
+            .await
+            .map_err(|_| Error::ShutDown)
     }
 
     /// Attaches a telemetry observer; it sees every telemetry event of this instance, on the
@@ -149,7 +151,11 @@ impl Emissions {
         &self,
         observer: impl Fn(&TelemetryEvent<'_>) + Send + Sync + 'static,
     ) -> ObserverId {
-        self.inner.pipeline.shared.telemetry.attach(Arc::new(observer))
+        self.inner
+            .pipeline
+            .shared
+            .telemetry
+            .attach(Arc::new(observer))
     }
 
     /// Detaches an observer; returns whether it was attached.
@@ -445,7 +451,8 @@ impl EmissionsBuilder {
             .iter()
             .map(|(n, _, _)| Arc::from(n.as_str()))
             .collect();
-        let options: Vec<AdapterOptions> = registrations.iter().map(|(_, _, o)| o.clone()).collect();
+        let options: Vec<AdapterOptions> =
+            registrations.iter().map(|(_, _, o)| o.clone()).collect();
         let (pipeline, receivers) = Pipeline::new(names, &options);
         let control = Arc::new(Control::default());
         let consumers = registrations

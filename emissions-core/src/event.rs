@@ -5,8 +5,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
@@ -74,7 +74,7 @@ impl Event {
                 return Err(Error::Serialize {
                     name: name.into_owned(),
                     source,
-                })
+                });
             }
         };
         Ok(Event {

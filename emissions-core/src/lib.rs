@@ -46,9 +46,9 @@
 //! ```
 #![doc(test(attr(deny(warnings))))]
 
+mod adapter;
 pub mod ambient;
 pub mod buffer;
-mod adapter;
 mod emissions;
 mod error;
 mod event;

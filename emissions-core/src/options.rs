@@ -372,7 +372,10 @@ mod tests {
         let p = RetryPolicy::default().backoff(Duration::from_secs(8), Duration::from_secs(8));
         for _ in 0..1000 {
             let d = p.delay(1);
-            assert!(d >= Duration::from_secs(4) && d <= Duration::from_secs(8), "{d:?}");
+            assert!(
+                d >= Duration::from_secs(4) && d <= Duration::from_secs(8),
+                "{d:?}"
+            );
         }
     }
 
@@ -404,7 +407,9 @@ mod tests {
         ];
         for (options, field) in cases {
             match options.validate("a") {
-                Err(Error::Config { adapter, field: f, .. }) => {
+                Err(Error::Config {
+                    adapter, field: f, ..
+                }) => {
                     assert_eq!(adapter, "a");
                     assert_eq!(f, field);
                 }

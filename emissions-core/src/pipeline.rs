@@ -157,10 +157,8 @@ impl Pipeline {
             telemetry: Telemetry::default(),
             progress: Notify::new(),
         });
-        let (senders, receivers): (Vec<_>, Vec<_>) = options
-            .iter()
-            .map(|o| flume::bounded(o.capacity))
-            .unzip();
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            options.iter().map(|o| flume::bounded(o.capacity)).unzip();
         let pipeline = Pipeline {
             shared,
             queues: tokio::sync::Mutex::new(Some(senders)),
@@ -200,7 +198,7 @@ impl Pipeline {
         let full = match tx.try_send(item) {
             Ok(()) => return,
             Err(flume::TrySendError::Disconnected(item)) => {
-                return item.drop_with(DropReason::Shutdown)
+                return item.drop_with(DropReason::Shutdown);
             }
             Err(flume::TrySendError::Full(item)) => item,
         };
@@ -216,7 +214,7 @@ impl Pipeline {
                         Ok(()) => return,
                         Err(flume::TrySendError::Full(back)) => item = back,
                         Err(flume::TrySendError::Disconnected(back)) => {
-                            return back.drop_with(DropReason::Shutdown)
+                            return back.drop_with(DropReason::Shutdown);
                         }
                     }
                 }

@@ -1,7 +1,7 @@
 //! Delivery accounting: per-adapter counts, commit receipts and reports.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use tokio::sync::Notify;
 

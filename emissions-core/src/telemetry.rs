@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 /// Telemetry event names.
 pub mod names {
@@ -337,10 +337,9 @@ impl TelemetryEvent<'_> {
                 (keys::EVENT_COUNT, json!(event_count)),
             ],
             TelemetryEvent::HandlerSuccess { handler, event, .. }
-            | TelemetryEvent::HandlerIgnored { handler, event } => vec![
-                (keys::HANDLER, json!(handler)),
-                (keys::EVENT, json!(event)),
-            ],
+            | TelemetryEvent::HandlerIgnored { handler, event } => {
+                vec![(keys::HANDLER, json!(handler)), (keys::EVENT, json!(event))]
+            }
             TelemetryEvent::HandlerError {
                 handler,
                 event,

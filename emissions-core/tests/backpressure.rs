@@ -16,7 +16,11 @@ async fn a_stalled_adapter_never_delays_another_or_the_committer() {
     let live = TestAdapter::new();
     let recorder = live.recorder();
     let emissions = Emissions::builder()
-        .adapter_with("stalled", stalled, AdapterOptions::default().capacity(10).max_demand(5))
+        .adapter_with(
+            "stalled",
+            stalled,
+            AdapterOptions::default().capacity(10).max_demand(5),
+        )
         .adapter("live", live)
         .start()
         .await
@@ -33,7 +37,11 @@ async fn a_stalled_adapter_never_delays_another_or_the_committer() {
     // live adapter and cuts the stalled one off at the deadline.
     let report = emissions.shutdown(Duration::from_secs(2)).await;
     assert!(report.is_balanced());
-    let got: Vec<u32> = recorder.events().iter().map(|e| e.payload_as().unwrap()).collect();
+    let got: Vec<u32> = recorder
+        .events()
+        .iter()
+        .map(|e| e.payload_as().unwrap())
+        .collect();
     assert_eq!(got, (0..1000).collect::<Vec<_>>());
     let live = report.adapter("live").unwrap();
     assert_eq!(live.counts.delivered, 1000);
@@ -42,14 +50,28 @@ async fn a_stalled_adapter_never_delays_another_or_the_committer() {
     let stalled = report.adapter("stalled").unwrap();
     assert!(stalled.deadline_exceeded);
     assert_eq!(
-        (stalled.counts.committed, stalled.counts.delivered, stalled.counts.dropped),
+        (
+            stalled.counts.committed,
+            stalled.counts.delivered,
+            stalled.counts.dropped
+        ),
         (1000, 0, 1000)
     );
     let drops = seen.named(names::EVENT_DROPPED);
     assert_eq!(drops.len(), 1000);
-    assert!(drops.iter().all(|d| d.meta("adapter") == Some(&json!("stalled"))));
-    let overflowed = drops.iter().filter(|d| d.meta("reason") == Some(&json!("queue_full"))).count();
-    let at_shutdown = drops.iter().filter(|d| d.meta("reason") == Some(&json!("shutdown"))).count();
+    assert!(
+        drops
+            .iter()
+            .all(|d| d.meta("adapter") == Some(&json!("stalled")))
+    );
+    let overflowed = drops
+        .iter()
+        .filter(|d| d.meta("reason") == Some(&json!("queue_full")))
+        .count();
+    let at_shutdown = drops
+        .iter()
+        .filter(|d| d.meta("reason") == Some(&json!("shutdown")))
+        .count();
     // At most one in-flight batch (5) plus a full queue (10) was held; the rest overflowed.
     assert!(overflowed >= 985, "{overflowed}");
     assert_eq!(overflowed + at_shutdown, 1000);
@@ -64,7 +86,10 @@ async fn overflow_scenario(policy: OverflowPolicy) -> (Vec<String>, Vec<String>,
         .adapter_with(
             "gated",
             adapter,
-            AdapterOptions::default().capacity(5).max_demand(5).overflow(policy),
+            AdapterOptions::default()
+                .capacity(5)
+                .max_demand(5)
+                .overflow(policy),
         )
         .start()
         .await
@@ -123,7 +148,10 @@ async fn block_makes_the_committer_wait_and_drops_nothing() {
         .adapter_with(
             "gated",
             adapter,
-            AdapterOptions::default().capacity(2).max_demand(2).overflow(OverflowPolicy::Block),
+            AdapterOptions::default()
+                .capacity(2)
+                .max_demand(2)
+                .overflow(OverflowPolicy::Block),
         )
         .start()
         .await
@@ -137,7 +165,11 @@ async fn block_makes_the_committer_wait_and_drops_nothing() {
     let blocked = emissions.emit_now("e3", &3);
     tokio::pin!(blocked);
     // With the clock paused, time only advances when every task is idle: the commit is stuck.
-    assert!(tokio::time::timeout(Duration::from_secs(3600), &mut blocked).await.is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3600), &mut blocked)
+            .await
+            .is_err()
+    );
 
     gate.release(100);
     let receipt = blocked.await.unwrap();
@@ -150,14 +182,21 @@ async fn block_makes_the_committer_wait_and_drops_nothing() {
     assert_eq!(received, ["e1", "e2", "e3"]);
     assert!(seen.named(names::EVENT_DROPPED).is_empty());
     let counts = emissions.stats().adapter("gated").unwrap().counts;
-    assert_eq!((counts.committed, counts.delivered, counts.dropped), (4, 4, 0));
+    assert_eq!(
+        (counts.committed, counts.delivered, counts.dropped),
+        (4, 4, 0)
+    );
 }
 
 #[tokio::test]
 async fn filtered_events_are_counted_not_delivered() {
     let orders = support::Scripted::ok().interested(|e| e.name().starts_with("order_"));
     let calls = orders.calls();
-    let emissions = Emissions::builder().adapter("orders", orders).start().await.unwrap();
+    let emissions = Emissions::builder()
+        .adapter("orders", orders)
+        .start()
+        .await
+        .unwrap();
     let buffer = emissions.start();
     buffer.emit("order_created", &1).unwrap();
     buffer.emit("user_created", &2).unwrap();
@@ -165,6 +204,11 @@ async fn filtered_events_are_counted_not_delivered() {
     let outcome = buffer.commit().await.unwrap().settled().await;
     let counts = outcome.adapter("orders").unwrap();
     assert_eq!((counts.delivered, counts.filtered), (2, 1));
-    let delivered: Vec<String> = calls.lock().unwrap().iter().flat_map(|(_, b)| names(b)).collect();
+    let delivered: Vec<String> = calls
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|(_, b)| names(b))
+        .collect();
     assert_eq!(delivered, ["order_created", "order_shipped"]);
 }

@@ -5,8 +5,8 @@ mod support;
 use std::time::Duration;
 
 use emissions_core::{
-    async_trait, Adapter, AdapterOptions, BatchError, BoxError, Emissions, Error, Event,
-    RetryPolicy,
+    Adapter, AdapterOptions, BatchError, BoxError, Emissions, Error, Event, RetryPolicy,
+    async_trait,
 };
 use support::Scripted;
 
@@ -33,8 +33,17 @@ impl Adapter for PanickingInit {
 }
 
 async fn config_error(options: AdapterOptions) -> (String, &'static str, String) {
-    match Emissions::builder().adapter("ok", Scripted::ok()).adapter_with("kafka", Scripted::ok(), options).start().await {
-        Err(Error::Config { adapter, field, reason }) => (adapter, field, reason),
+    match Emissions::builder()
+        .adapter("ok", Scripted::ok())
+        .adapter_with("kafka", Scripted::ok(), options)
+        .start()
+        .await
+    {
+        Err(Error::Config {
+            adapter,
+            field,
+            reason,
+        }) => (adapter, field, reason),
         other => panic!("expected a config error, got {other:?}"),
     }
 }
@@ -44,12 +53,22 @@ async fn invalid_options_fail_start_naming_adapter_and_field() {
     let cases = [
         (AdapterOptions::default().capacity(0), "capacity"),
         (AdapterOptions::default().max_demand(0), "max_demand"),
-        (AdapterOptions::default().capacity(10).max_demand(11), "max_demand"),
-        (AdapterOptions::default().retry(RetryPolicy::default().max_attempts(0)), "retry.max_attempts"),
-        (AdapterOptions::default().retry(RetryPolicy::default().multiplier(0.5)), "retry.multiplier"),
         (
-            AdapterOptions::default()
-                .retry(RetryPolicy::default().backoff(Duration::from_secs(2), Duration::from_secs(1))),
+            AdapterOptions::default().capacity(10).max_demand(11),
+            "max_demand",
+        ),
+        (
+            AdapterOptions::default().retry(RetryPolicy::default().max_attempts(0)),
+            "retry.max_attempts",
+        ),
+        (
+            AdapterOptions::default().retry(RetryPolicy::default().multiplier(0.5)),
+            "retry.multiplier",
+        ),
+        (
+            AdapterOptions::default().retry(
+                RetryPolicy::default().backoff(Duration::from_secs(2), Duration::from_secs(1)),
+            ),
             "retry.initial_backoff",
         ),
     ];
@@ -84,7 +103,11 @@ async fn adapter_names_must_be_unique_and_non_empty() {
         .await
         .unwrap_err();
     assert!(matches!(dup, Error::Config { ref adapter, field: "name", .. } if adapter == "kafka"));
-    let empty = Emissions::builder().adapter(" ", Scripted::ok()).start().await.unwrap_err();
+    let empty = Emissions::builder()
+        .adapter(" ", Scripted::ok())
+        .start()
+        .await
+        .unwrap_err();
     assert!(matches!(empty, Error::Config { field: "name", .. }));
 }
 
@@ -100,7 +123,16 @@ async fn init_failure_fails_start_naming_the_adapter() {
     let source = std::error::Error::source(&err).unwrap();
     assert_eq!(source.to_string(), "cannot reach broker at 127.0.0.1:1");
 
-    let err = Emissions::builder().adapter("tls", PanickingInit).start().await.unwrap_err();
+    let err = Emissions::builder()
+        .adapter("tls", PanickingInit)
+        .start()
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Init { ref adapter, .. } if adapter == "tls"));
-    assert!(std::error::Error::source(&err).unwrap().to_string().contains("bad certificate path"));
+    assert!(
+        std::error::Error::source(&err)
+            .unwrap()
+            .to_string()
+            .contains("bad certificate path")
+    );
 }

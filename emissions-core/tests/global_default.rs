@@ -9,7 +9,11 @@ async fn global_default_is_used_outside_scopes_and_set_once() {
     assert!(matches!(emissions_core::start(), Err(Error::NoInstance)));
     let adapter = TestAdapter::new();
     let recorder = adapter.recorder();
-    let emissions = Emissions::builder().adapter("test", adapter).start().await.unwrap();
+    let emissions = Emissions::builder()
+        .adapter("test", adapter)
+        .start()
+        .await
+        .unwrap();
     emissions_core::set_global_default(emissions.clone()).unwrap();
     assert!(matches!(
         emissions_core::set_global_default(emissions.clone()),
@@ -22,5 +26,12 @@ async fn global_default_is_used_outside_scopes_and_set_once() {
     .await
     .unwrap();
     emissions.settled().await;
-    assert_eq!(recorder.events().iter().map(|e| e.name().to_owned()).collect::<Vec<_>>(), ["global"]);
+    assert_eq!(
+        recorder
+            .events()
+            .iter()
+            .map(|e| e.name().to_owned())
+            .collect::<Vec<_>>(),
+        ["global"]
+    );
 }

@@ -35,11 +35,22 @@ async fn start_emit_commit_delivers_in_emit_order_and_closes() {
 
     assert!(matches!(
         buffer.emit("late", &1),
-        Err(Error::BufferClosed { state: BufferState::Committed })
+        Err(Error::BufferClosed {
+            state: BufferState::Committed
+        })
     ));
-    assert!(matches!(buffer.commit().await, Err(Error::BufferClosed { .. })));
-    assert!(matches!(buffer.flush().await, Err(Error::BufferClosed { .. })));
-    assert!(matches!(buffer.terminate(), Err(Error::BufferClosed { .. })));
+    assert!(matches!(
+        buffer.commit().await,
+        Err(Error::BufferClosed { .. })
+    ));
+    assert!(matches!(
+        buffer.flush().await,
+        Err(Error::BufferClosed { .. })
+    ));
+    assert!(matches!(
+        buffer.terminate(),
+        Err(Error::BufferClosed { .. })
+    ));
     assert_eq!(names(&t.events().await), ["a", "b", "c"]);
 }
 
@@ -73,9 +84,14 @@ async fn terminate_discards_and_closes() {
     assert_eq!(buffer.state(), BufferState::Terminated);
     assert!(matches!(
         buffer.emit("c", &3),
-        Err(Error::BufferClosed { state: BufferState::Terminated })
+        Err(Error::BufferClosed {
+            state: BufferState::Terminated
+        })
     ));
-    assert!(matches!(buffer.commit().await, Err(Error::BufferClosed { .. })));
+    assert!(matches!(
+        buffer.commit().await,
+        Err(Error::BufferClosed { .. })
+    ));
     assert!(t.events().await.is_empty());
     let terminated = seen.named(names::BUFFER_TERMINATED);
     assert_eq!(terminated.len(), 1);
@@ -129,7 +145,11 @@ async fn cancelled_request_discards_its_buffer() {
         tokio::time::sleep(Duration::from_secs(60)).await;
         buffer.commit().await.unwrap();
     };
-    assert!(tokio::time::timeout(Duration::from_secs(1), request).await.is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), request)
+            .await
+            .is_err()
+    );
     let terminated = seen.named(names::BUFFER_TERMINATED);
     assert_eq!(terminated.len(), 1);
     assert_eq!(terminated[0].meta("reason"), Some(&json!("drop")));
@@ -188,7 +208,11 @@ async fn clones_in_spawned_tasks_emit_into_the_same_buffer() {
 #[tokio::test]
 async fn emit_now_commits_a_single_event() {
     let t = TestEmissions::start().await;
-    let receipt = t.emissions().emit_now("tick", &json!({"n": 1})).await.unwrap();
+    let receipt = t
+        .emissions()
+        .emit_now("tick", &json!({"n": 1}))
+        .await
+        .unwrap();
     assert!(receipt.settled().await.is_delivered());
     assert_eq!(names(&t.events().await), ["tick"]);
 }
@@ -203,7 +227,10 @@ async fn shutdown_refuses_new_events_and_hands_pending_ones_back() {
     assert!(matches!(buffer.commit().await, Err(Error::ShutDown)));
     assert_eq!(buffer.state(), BufferState::Open);
     assert_eq!(names(&buffer.events()), ["pending"]);
-    assert!(matches!(t.emissions().emit_now("x", &1).await, Err(Error::ShutDown)));
+    assert!(matches!(
+        t.emissions().emit_now("x", &1).await,
+        Err(Error::ShutDown)
+    ));
 }
 
 // ---- ambient style ----
@@ -259,7 +286,9 @@ async fn ambient_start_emit_flush_commit_terminate() {
                 assert_eq!(emissions_core::commit().await.unwrap().event_count(), 1);
                 assert!(matches!(
                     emissions_core::emit("c", &3),
-                    Err(Error::BufferClosed { state: BufferState::Committed })
+                    Err(Error::BufferClosed {
+                        state: BufferState::Committed
+                    })
                 ));
             })
             .await;
@@ -271,7 +300,9 @@ async fn ambient_start_emit_flush_commit_terminate() {
                 assert_eq!(emissions_core::terminate().unwrap(), 1);
                 assert!(matches!(
                     emissions_core::emit("never", &2),
-                    Err(Error::BufferClosed { state: BufferState::Terminated })
+                    Err(Error::BufferClosed {
+                        state: BufferState::Terminated
+                    })
                 ));
             })
             .await;
@@ -290,7 +321,10 @@ async fn ambient_emit_without_buffer_is_a_typed_error_and_reported() {
     assert_eq!(dropped.len(), 1);
     assert_eq!(dropped[0].meta("event_name"), Some(&json!("orphan")));
     assert_eq!(dropped[0].meta("reason"), Some(&json!("no_buffer")));
-    assert!(matches!(t.run(emissions_core::commit()).await, Err(Error::NoBuffer)));
+    assert!(matches!(
+        t.run(emissions_core::commit()).await,
+        Err(Error::NoBuffer)
+    ));
     assert!(matches!(emissions_core::terminate(), Err(Error::NoBuffer)));
 }
 

@@ -77,8 +77,7 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         pending.push(id);
                     }
                     Model::Closed(state) => {
-                        let refused =
-                            matches!(result, Err(Error::BufferClosed { state: got }) if got == *state);
+                        let refused = matches!(result, Err(Error::BufferClosed { state: got }) if got == *state);
                         prop_assert!(refused, "emit into a closed buffer must be refused");
                     }
                     Model::Empty => unreachable!(),
@@ -113,18 +112,25 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     }
                     Model::Empty => unreachable!(),
                 }
-                prop_assert_eq!(buffer.state(), match &model[s] {
-                    Model::Open(_) => BufferState::Open,
-                    Model::Closed(state) => *state,
-                    Model::Empty => unreachable!(),
-                });
+                prop_assert_eq!(
+                    buffer.state(),
+                    match &model[s] {
+                        Model::Open(_) => BufferState::Open,
+                        Model::Closed(state) => *state,
+                        Model::Empty => unreachable!(),
+                    }
+                );
             }
         }
     }
     drop(buffers);
     emissions.settled().await;
     for recorder in [&ra, &rb] {
-        let got: Vec<u64> = recorder.events().iter().map(|e| e.payload_as().unwrap()).collect();
+        let got: Vec<u64> = recorder
+            .events()
+            .iter()
+            .map(|e| e.payload_as().unwrap())
+            .collect();
         prop_assert_eq!(&got, &delivered);
     }
     let report = emissions.shutdown(std::time::Duration::from_secs(5)).await;

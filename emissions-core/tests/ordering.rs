@@ -59,7 +59,10 @@ async fn concurrent_commits_are_contiguous_and_identically_ordered_everywhere() 
     let mut seen_commits = HashMap::new();
     for chunk in sequences[0].chunks(PER_COMMIT) {
         let name = &chunk[0].0;
-        assert!(chunk.iter().all(|(n, _)| n == name), "commit interleaved: {chunk:?}");
+        assert!(
+            chunk.iter().all(|(n, _)| n == name),
+            "commit interleaved: {chunk:?}"
+        );
         let seqs: Vec<u64> = chunk.iter().map(|(_, s)| *s).collect();
         assert_eq!(seqs, (0..PER_COMMIT as u64).collect::<Vec<_>>());
         assert!(seen_commits.insert(name.clone(), ()).is_none());

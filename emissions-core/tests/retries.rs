@@ -10,7 +10,7 @@ use emissions_core::{
     AdapterOptions, BatchError, DeadLetter, Emissions, Failure, OverflowPolicy, RetryPolicy,
 };
 use serde_json::json;
-use support::{names, observe, Scripted};
+use support::{Scripted, names, observe};
 
 type DeadLetters = Arc<Mutex<Vec<(Vec<String>, String, u32, bool)>>>;
 
@@ -28,7 +28,10 @@ fn collect_dead_letters(options: AdapterOptions) -> (AdapterOptions, DeadLetters
     (options, dead)
 }
 
-async fn commit_all(emissions: &Emissions, events: &[&'static str]) -> emissions_core::CommitOutcome {
+async fn commit_all(
+    emissions: &Emissions,
+    events: &[&'static str],
+) -> emissions_core::CommitOutcome {
     let buffer = emissions.start();
     for (i, name) in events.iter().enumerate() {
         buffer.emit(*name, &i).unwrap();
@@ -39,7 +42,11 @@ async fn commit_all(emissions: &Emissions, events: &[&'static str]) -> emissions
 #[tokio::test(start_paused = true)]
 async fn transient_failures_are_retried_with_growing_jittered_backoff() {
     let adapter = Scripted::new(|call, _| {
-        if call < 3 { Err(BatchError::retryable("unavailable")) } else { Ok(()) }
+        if call < 3 {
+            Err(BatchError::retryable("unavailable"))
+        } else {
+            Ok(())
+        }
     });
     let calls = adapter.calls();
     let policy = RetryPolicy::default().backoff(Duration::from_secs(1), Duration::from_secs(60));
@@ -73,16 +80,26 @@ async fn hour_long_schedules_run_on_the_paused_clock_then_dead_letter() {
         .max_attempts(6)
         .backoff(Duration::from_secs(600), Duration::from_secs(3600));
     let (options, dead) = collect_dead_letters(AdapterOptions::default().retry(policy));
-    let emissions = Emissions::builder().adapter_with("slow", adapter, options).start().await.unwrap();
+    let emissions = Emissions::builder()
+        .adapter_with("slow", adapter, options)
+        .start()
+        .await
+        .unwrap();
     let started = tokio::time::Instant::now();
     let outcome = commit_all(&emissions, &["a"]).await;
     assert_eq!(outcome.adapter("slow").unwrap().failed, 1);
     assert_eq!(calls.lock().unwrap().len(), 6);
     // Five delays: base 600, 1200, 2400, 3600 (capped), 3600 s; at least half of each elapsed.
     let elapsed = started.elapsed();
-    assert!(elapsed >= Duration::from_secs(5700) && elapsed <= Duration::from_secs(11_400), "{elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_secs(5700) && elapsed <= Duration::from_secs(11_400),
+        "{elapsed:?}"
+    );
     let dead = dead.lock().unwrap();
-    assert_eq!(*dead, vec![(vec!["a".to_owned()], "receiver down".to_owned(), 6, true)]);
+    assert_eq!(
+        *dead,
+        vec![(vec!["a".to_owned()], "receiver down".to_owned(), 6, true)]
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -95,7 +112,11 @@ async fn max_elapsed_stops_retrying_early() {
         .multiplier(1.0)
         .max_elapsed(Duration::from_secs(35));
     let (options, dead) = collect_dead_letters(AdapterOptions::default().retry(policy));
-    let emissions = Emissions::builder().adapter_with("a", adapter, options).start().await.unwrap();
+    let emissions = Emissions::builder()
+        .adapter_with("a", adapter, options)
+        .start()
+        .await
+        .unwrap();
     commit_all(&emissions, &["x"]).await;
     let n = calls.lock().unwrap().len();
     // Delays of 5–10 s within 35 s: between 4 and 8 attempts, far fewer than 100.
@@ -116,7 +137,11 @@ async fn partial_failures_retry_only_the_failed_events_in_order() {
     });
     let calls = adapter.calls();
     let (options, dead) = collect_dead_letters(AdapterOptions::default());
-    let emissions = Emissions::builder().adapter_with("kafka", adapter, options).start().await.unwrap();
+    let emissions = Emissions::builder()
+        .adapter_with("kafka", adapter, options)
+        .start()
+        .await
+        .unwrap();
     let seen = observe(&emissions);
     let outcome = commit_all(&emissions, &["e0", "e1", "e2", "e3", "e4"]).await;
     let counts = outcome.adapter("kafka").unwrap();
@@ -124,8 +149,14 @@ async fn partial_failures_retry_only_the_failed_events_in_order() {
 
     let calls = calls.lock().unwrap();
     let batches: Vec<Vec<String>> = calls.iter().map(|(_, b)| names(b)).collect();
-    assert_eq!(batches, [vec!["e0", "e1", "e2", "e3", "e4"], vec!["e1", "e3"]]);
-    assert_eq!(*dead.lock().unwrap(), vec![(vec!["e2".to_owned()], "rejected".to_owned(), 1, false)]);
+    assert_eq!(
+        batches,
+        [vec!["e0", "e1", "e2", "e3", "e4"], vec!["e1", "e3"]]
+    );
+    assert_eq!(
+        *dead.lock().unwrap(),
+        vec![(vec!["e2".to_owned()], "rejected".to_owned(), 1, false)]
+    );
 
     let errors = seen.named(names::ADAPTER_ERROR);
     assert_eq!(errors.len(), 1);
@@ -143,14 +174,23 @@ async fn permanent_batch_failure_dead_letters_at_once() {
     let adapter = Scripted::new(|_, _| Err(BatchError::permanent("unknown topic")));
     let calls = adapter.calls();
     let (options, dead) = collect_dead_letters(AdapterOptions::default());
-    let emissions = Emissions::builder().adapter_with("k", adapter, options).start().await.unwrap();
+    let emissions = Emissions::builder()
+        .adapter_with("k", adapter, options)
+        .start()
+        .await
+        .unwrap();
     let outcome = commit_all(&emissions, &["a", "b"]).await;
     assert_eq!(outcome.adapter("k").unwrap().failed, 2);
     assert!(!outcome.is_delivered());
     assert_eq!(calls.lock().unwrap().len(), 1);
     assert_eq!(
         *dead.lock().unwrap(),
-        vec![(vec!["a".to_owned(), "b".to_owned()], "unknown topic".to_owned(), 1, false)]
+        vec![(
+            vec!["a".to_owned(), "b".to_owned()],
+            "unknown topic".to_owned(),
+            1,
+            false
+        )]
     );
 }
 
@@ -167,9 +207,15 @@ async fn a_panicking_adapter_is_caught_retried_and_the_pipeline_survives() {
     });
     let policy = RetryPolicy::default().max_attempts(3);
     let (options, dead) = collect_dead_letters(
-        AdapterOptions::default().retry(policy).overflow(OverflowPolicy::Block),
+        AdapterOptions::default()
+            .retry(policy)
+            .overflow(OverflowPolicy::Block),
     );
-    let emissions = Emissions::builder().adapter_with("p", adapter, options).start().await.unwrap();
+    let emissions = Emissions::builder()
+        .adapter_with("p", adapter, options)
+        .start()
+        .await
+        .unwrap();
     let seen = observe(&emissions);
 
     let first = commit_all(&emissions, &["ok"]).await;
@@ -193,7 +239,11 @@ async fn a_panic_in_interested_fails_only_that_event() {
         true
     });
     let (options, dead) = collect_dead_letters(AdapterOptions::default());
-    let emissions = Emissions::builder().adapter_with("f", adapter, options).start().await.unwrap();
+    let emissions = Emissions::builder()
+        .adapter_with("f", adapter, options)
+        .start()
+        .await
+        .unwrap();
     let outcome = commit_all(&emissions, &["good", "bad", "good_too"]).await;
     let counts = outcome.adapter("f").unwrap();
     assert_eq!((counts.delivered, counts.failed), (2, 1));

@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use emissions_core::telemetry::names;
 use emissions_core::{
-    async_trait, Adapter, AdapterOptions, BatchError, BoxError, Emissions, Error, Event,
-    OverflowPolicy, RetryPolicy,
+    Adapter, AdapterOptions, BatchError, BoxError, Emissions, Error, Event, OverflowPolicy,
+    RetryPolicy, async_trait,
 };
 use emissions_testing::TestAdapter;
 use serde_json::json;
-use support::{gated, observe, Scripted};
+use support::{Scripted, gated, observe};
 use tokio::time::Instant;
 
 /// Records whether `shutdown` ran, and whether it saw every event first.
@@ -42,11 +42,17 @@ async fn shutdown_drains_queues_flushes_adapters_and_balances() {
     let emissions = Emissions::builder()
         .adapter_with(
             "flushing",
-            Flushing { received: 0, flushed_after: flushed_after.clone() },
+            Flushing {
+                received: 0,
+                flushed_after: flushed_after.clone(),
+            },
             AdapterOptions::default().max_demand(7),
         )
         .adapter("recorder", recorder_adapter)
-        .adapter("odd_only", Scripted::ok().interested(|e| e.payload_as::<u32>().unwrap() % 2 == 1))
+        .adapter(
+            "odd_only",
+            Scripted::ok().interested(|e| e.payload_as::<u32>().unwrap() % 2 == 1),
+        )
         .start()
         .await
         .unwrap();
@@ -59,7 +65,10 @@ async fn shutdown_drains_queues_flushes_adapters_and_balances() {
     assert!(report.is_balanced());
     assert_eq!(*flushed_after.lock().unwrap(), Some(500));
     let flushing = report.adapter("flushing").unwrap();
-    assert_eq!((flushing.counts.committed, flushing.counts.delivered), (500, 500));
+    assert_eq!(
+        (flushing.counts.committed, flushing.counts.delivered),
+        (500, 500)
+    );
     assert_eq!(flushing.shutdown_error, None);
     assert!(!flushing.deadline_exceeded);
     let odd = report.adapter("odd_only").unwrap().counts;
@@ -135,7 +144,10 @@ async fn a_committer_blocked_on_a_full_queue_is_released_by_shutdown() {
         .adapter_with(
             "gated",
             adapter,
-            AdapterOptions::default().capacity(1).max_demand(1).overflow(OverflowPolicy::Block),
+            AdapterOptions::default()
+                .capacity(1)
+                .max_demand(1)
+                .overflow(OverflowPolicy::Block),
         )
         .start()
         .await
@@ -160,7 +172,10 @@ async fn a_committer_blocked_on_a_full_queue_is_released_by_shutdown() {
 #[tokio::test]
 async fn adapter_shutdown_errors_are_reported() {
     let emissions = Emissions::builder()
-        .adapter("broken", Scripted::ok().failing_shutdown("flush failed: broker gone"))
+        .adapter(
+            "broken",
+            Scripted::ok().failing_shutdown("flush failed: broker gone"),
+        )
         .start()
         .await
         .unwrap();
@@ -169,7 +184,10 @@ async fn adapter_shutdown_errors_are_reported() {
         report.adapter("broken").unwrap().shutdown_error.as_deref(),
         Some("flush failed: broker gone")
     );
-    assert!(matches!(emissions.start().emit("late", &1), Err(Error::ShutDown)));
+    assert!(matches!(
+        emissions.start().emit("late", &1),
+        Err(Error::ShutDown)
+    ));
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use emissions_core::telemetry::{keys, names};
 use emissions_core::{AdapterOptions, BatchError, Emissions, OverflowPolicy, RetryPolicy};
 use serde_json::json;
-use support::{gated, observe, Scripted};
+use support::{Scripted, gated, observe};
 
 #[tokio::test]
 async fn buffer_events_carry_the_seed_measurements_and_metadata() {
@@ -41,10 +41,18 @@ async fn buffer_events_carry_the_seed_measurements_and_metadata() {
 #[tokio::test]
 async fn adapter_success_and_error_carry_duration_adapter_reason_and_count() {
     let adapter = Scripted::new(|call, _| {
-        if call == 0 { Err(BatchError::permanent("rejected by receiver")) } else { Ok(()) }
+        if call == 0 {
+            Err(BatchError::permanent("rejected by receiver"))
+        } else {
+            Ok(())
+        }
     });
     let emissions = Emissions::builder()
-        .adapter_with("webhook", adapter, AdapterOptions::default().retry(RetryPolicy::none()))
+        .adapter_with(
+            "webhook",
+            adapter,
+            AdapterOptions::default().retry(RetryPolicy::none()),
+        )
         .start()
         .await
         .unwrap();
@@ -59,7 +67,10 @@ async fn adapter_success_and_error_carry_duration_adapter_reason_and_count() {
     assert_eq!(errors.len(), 1);
     assert!(errors[0].measurement(keys::DURATION).is_some());
     assert_eq!(errors[0].meta(keys::ADAPTER), Some(&json!("webhook")));
-    assert_eq!(errors[0].meta(keys::REASON), Some(&json!("rejected by receiver")));
+    assert_eq!(
+        errors[0].meta(keys::REASON),
+        Some(&json!("rejected by receiver"))
+    );
     assert_eq!(errors[0].meta(keys::EVENT_COUNT), Some(&json!(2)));
 
     let successes = seen.named(names::ADAPTER_SUCCESS);
@@ -76,7 +87,10 @@ async fn event_dropped_names_event_reason_and_adapter() {
         .adapter_with(
             "ws",
             adapter,
-            AdapterOptions::default().capacity(1).max_demand(1).overflow(OverflowPolicy::DropNewest),
+            AdapterOptions::default()
+                .capacity(1)
+                .max_demand(1)
+                .overflow(OverflowPolicy::DropNewest),
         )
         .start()
         .await

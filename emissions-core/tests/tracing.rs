@@ -6,19 +6,22 @@ mod support;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use emissions_core::telemetry::names;
 use emissions_core::Emissions;
+use emissions_core::telemetry::names;
 use support::Scripted;
 use tracing::field::{Field, Visit};
-use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::Layer;
+use tracing_subscriber::layer::{Context, SubscriberExt};
 
 /// Collects `tracing` events as (target, fields).
 #[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<(String, BTreeMap<String, String>)>>>);
+struct Capture(Arc<Mutex<Vec<(String, Fields)>>>);
 
-struct Fields(BTreeMap<String, String>);
-impl Visit for Fields {
+/// A tracing event's fields, rendered.
+type Fields = BTreeMap<String, String>;
+
+struct Visitor(Fields);
+impl Visit for Visitor {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         self.0.insert(field.name().to_owned(), format!("{value:?}"));
     }
@@ -32,7 +35,7 @@ impl Visit for Fields {
 
 impl<S: tracing::Subscriber> Layer<S> for Capture {
     fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
-        let mut fields = Fields(BTreeMap::new());
+        let mut fields = Visitor(BTreeMap::new());
         event.record(&mut fields);
         self.0
             .lock()
@@ -46,9 +49,16 @@ fn telemetry_is_emitted_as_tracing_events_under_target_emissions() {
     let capture = Capture::default();
     let subscriber = tracing_subscriber::registry().with(capture.clone());
     tracing::subscriber::with_default(subscriber, || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async {
-            let emissions = Emissions::builder().adapter("k", Scripted::ok()).start().await.unwrap();
+            let emissions = Emissions::builder()
+                .adapter("k", Scripted::ok())
+                .start()
+                .await
+                .unwrap();
             let buffer = emissions.start();
             buffer.emit("order_created", &1).unwrap();
             buffer.commit().await.unwrap().settled().await;
@@ -59,7 +69,9 @@ fn telemetry_is_emitted_as_tracing_events_under_target_emissions() {
     let by_name = |name: &str| {
         events
             .iter()
-            .find(|(target, f)| target == "emissions" && f.get("event").map(String::as_str) == Some(name))
+            .find(|(target, f)| {
+                target == "emissions" && f.get("event").map(String::as_str) == Some(name)
+            })
             .map(|(_, f)| f.clone())
             .unwrap_or_else(|| panic!("no tracing event {name}"))
     };
@@ -78,6 +90,7 @@ trait NoBufferDrop {
 }
 impl NoBufferDrop for Emissions {
     async fn with_no_buffer_drop(&self) -> Result<(), emissions_core::Error> {
-        emissions_core::with_default(self.clone(), async { emissions_core::emit("stray", &1) }).await
+        emissions_core::with_default(self.clone(), async { emissions_core::emit("stray", &1) })
+            .await
     }
 }

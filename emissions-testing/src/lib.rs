@@ -76,8 +76,8 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use emissions_core::{
-    async_trait, Adapter, AdapterOptions, BatchError, Emissions, EmissionsBuilder, Error, Event,
-    OverflowPolicy, RetryPolicy,
+    Adapter, AdapterOptions, BatchError, Emissions, EmissionsBuilder, Error, Event, OverflowPolicy,
+    RetryPolicy, async_trait,
 };
 
 /// The name under which [`TestEmissions`] registers its [`TestAdapter`].
@@ -99,7 +99,10 @@ impl Recorder {
     ///
     /// See [`Recorder`].
     pub fn events(&self) -> Vec<Event> {
-        self.events.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn push(&self, events: &[Event]) {

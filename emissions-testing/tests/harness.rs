@@ -1,11 +1,13 @@
 //! The harness itself: assertions fail when they should, and parallel tests stay isolated.
 
-use emissions_testing::{assert_emitted, assert_emitted_in_order, refute_emitted, TestEmissions};
+use emissions_testing::{TestEmissions, assert_emitted, assert_emitted_in_order, refute_emitted};
 
 async fn committed(t: &TestEmissions, names: &[&'static str]) {
     let buffer = t.emissions().start();
     for name in names {
-        buffer.emit(*name, &serde_json::json!({"name": name})).unwrap();
+        buffer
+            .emit(*name, &serde_json::json!({"name": name}))
+            .unwrap();
     }
     buffer.commit().await.unwrap();
 }
@@ -15,8 +17,14 @@ async fn assertions_fail_with_a_useful_message() {
     let t = TestEmissions::start().await;
     committed(&t, &["a", "b"]).await;
     let missing = t.expect_emitted("c", |_| true).await.unwrap_err();
-    assert!(missing.contains("`c`") && missing.contains("[\"a\", \"b\"]"), "{missing}");
-    let unmatched = t.expect_emitted("a", |e| e.payload_json()["name"] == "z").await.unwrap_err();
+    assert!(
+        missing.contains("`c`") && missing.contains("[\"a\", \"b\"]"),
+        "{missing}"
+    );
+    let unmatched = t
+        .expect_emitted("a", |e| e.payload_json()["name"] == "z")
+        .await
+        .unwrap_err();
     assert!(unmatched.contains("none matched"), "{unmatched}");
     assert!(t.expect_not_emitted("a", |_| true).await.is_err());
     assert!(t.expect_in_order(&["b", "a"]).await.is_err());
@@ -64,7 +72,10 @@ fn parallel_tests_in_threads_never_share_events() {
     let threads: Vec<_> = (0..8)
         .map(|i| {
             std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
                 rt.block_on(async move {
                     let t = TestEmissions::start().await;
                     let name = format!("thread_{i}");

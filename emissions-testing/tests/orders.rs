@@ -1,12 +1,12 @@
 //! The original library's `MyApp.OrdersTest`, in Rust.
 #![allow(unreachable_pub)] // `my_app` stands for an application crate
 
-use emissions_testing::{assert_emitted, refute_emitted, TestEmissions};
-use serde_json::{json, Value};
+use emissions_testing::{TestEmissions, assert_emitted, refute_emitted};
+use serde_json::{Value, json};
 
 mod my_app {
     pub mod orders {
-        use serde_json::{json, Value};
+        use serde_json::{Value, json};
 
         #[derive(Debug)]
         pub enum OrderError {
@@ -52,7 +52,9 @@ async fn creating_an_order_emits_order_created() {
 #[tokio::test]
 async fn failed_order_does_not_emit_events() {
     let t = TestEmissions::start().await;
-    let result: Result<Value, _> = t.run(my_app::orders::create(json!({"invalid": true}))).await;
+    let result: Result<Value, _> = t
+        .run(my_app::orders::create(json!({"invalid": true})))
+        .await;
     assert!(matches!(result, Err(my_app::orders::OrderError::Invalid)));
     refute_emitted!(t, "order_created");
 }

@@ -4,9 +4,9 @@
 use std::sync::{Arc, Mutex};
 
 use emissions_core::telemetry::TelemetryEvent;
-use emissions_core::{async_trait, Adapter, BatchError, BoxError, Emissions, Event};
+use emissions_core::{Adapter, BatchError, BoxError, Emissions, Event, async_trait};
 use serde_json::Value;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 
 /// One telemetry event, owned.
@@ -19,10 +19,16 @@ pub struct Recorded {
 
 impl Recorded {
     pub fn meta(&self, key: &str) -> Option<&Value> {
-        self.metadata.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+        self.metadata
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v)
     }
     pub fn measurement(&self, key: &str) -> Option<u64> {
-        self.measurements.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+        self.measurements
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| *v)
     }
 }
 
@@ -56,17 +62,22 @@ pub fn names(events: &[Event]) -> Vec<String> {
 }
 
 type Script = Box<dyn FnMut(usize, &[Event]) -> Result<(), BatchError> + Send>;
+type Filter = Box<dyn Fn(&Event) -> bool + Send>;
+/// Every call: when it happened and the batch it got.
+pub type Calls = Arc<Mutex<Vec<(Instant, Vec<Event>)>>>;
 
 /// An adapter whose answer to call number `n` (0-based) is scripted; records every call.
 pub struct Scripted {
-    pub calls: Arc<Mutex<Vec<(Instant, Vec<Event>)>>>,
+    pub calls: Calls,
     script: Script,
-    interested: Option<Box<dyn Fn(&Event) -> bool + Send>>,
+    interested: Option<Filter>,
     pub shutdown_result: Option<String>,
 }
 
 impl Scripted {
-    pub fn new(script: impl FnMut(usize, &[Event]) -> Result<(), BatchError> + Send + 'static) -> Self {
+    pub fn new(
+        script: impl FnMut(usize, &[Event]) -> Result<(), BatchError> + Send + 'static,
+    ) -> Self {
         Scripted {
             calls: Arc::default(),
             script: Box::new(script),
@@ -85,7 +96,7 @@ impl Scripted {
         self.shutdown_result = Some(msg.to_owned());
         self
     }
-    pub fn calls(&self) -> Arc<Mutex<Vec<(Instant, Vec<Event>)>>> {
+    pub fn calls(&self) -> Calls {
         self.calls.clone()
     }
 }
