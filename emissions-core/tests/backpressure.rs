@@ -8,7 +8,7 @@ use emissions_core::telemetry::names;
 use emissions_core::{AdapterOptions, Emissions, OverflowPolicy};
 use emissions_testing::TestAdapter;
 use serde_json::json;
-use support::{gated, names, observe};
+use support::{gated, names, observe, start_gated};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_adapter_never_delays_another_or_the_committer() {
@@ -81,19 +81,7 @@ async fn a_stalled_adapter_never_delays_another_or_the_committer() {
 /// Commits `first` alone and waits until the gated adapter holds it in flight, then commits
 /// `rest` one event per commit; returns the events the adapter finally receives once released.
 async fn overflow_scenario(policy: OverflowPolicy) -> (Vec<String>, Vec<String>, u64) {
-    let (adapter, mut gate) = gated();
-    let emissions = Emissions::builder()
-        .adapter_with(
-            "gated",
-            adapter,
-            AdapterOptions::default()
-                .capacity(5)
-                .max_demand(5)
-                .overflow(policy),
-        )
-        .start()
-        .await
-        .unwrap();
+    let (emissions, mut gate) = start_gated("gated", 5, policy).await;
     let seen = observe(&emissions);
     emissions.emit_now("e0", &0).await.unwrap();
     assert_eq!(names(&gate.next_batch().await), ["e0"]);
@@ -143,19 +131,7 @@ async fn drop_oldest_evicts_queued_events_for_new_ones() {
 
 #[tokio::test(start_paused = true)]
 async fn block_makes_the_committer_wait_and_drops_nothing() {
-    let (adapter, mut gate) = gated();
-    let emissions = Emissions::builder()
-        .adapter_with(
-            "gated",
-            adapter,
-            AdapterOptions::default()
-                .capacity(2)
-                .max_demand(2)
-                .overflow(OverflowPolicy::Block),
-        )
-        .start()
-        .await
-        .unwrap();
+    let (emissions, mut gate) = start_gated("gated", 2, OverflowPolicy::Block).await;
     let seen = observe(&emissions);
     emissions.emit_now("e0", &0).await.unwrap();
     assert_eq!(names(&gate.next_batch().await), ["e0"]);

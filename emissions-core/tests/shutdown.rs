@@ -13,7 +13,7 @@ use emissions_core::{
 };
 use emissions_testing::TestAdapter;
 use serde_json::json;
-use support::{Scripted, gated, observe};
+use support::{Scripted, gated, observe, start_gated};
 use tokio::time::Instant;
 
 /// Records whether `shutdown` ran, and whether it saw every event first.
@@ -139,19 +139,7 @@ async fn events_waiting_for_a_retry_at_the_deadline_are_dropped_not_lost() {
 
 #[tokio::test(start_paused = true)]
 async fn a_committer_blocked_on_a_full_queue_is_released_by_shutdown() {
-    let (adapter, mut gate) = gated();
-    let emissions = Emissions::builder()
-        .adapter_with(
-            "gated",
-            adapter,
-            AdapterOptions::default()
-                .capacity(1)
-                .max_demand(1)
-                .overflow(OverflowPolicy::Block),
-        )
-        .start()
-        .await
-        .unwrap();
+    let (emissions, mut gate) = start_gated("gated", 1, OverflowPolicy::Block).await;
     emissions.emit_now("in_flight", &0).await.unwrap();
     gate.next_batch().await;
     emissions.emit_now("queued", &1).await.unwrap();

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use emissions_core::telemetry::{keys, names};
 use emissions_core::{AdapterOptions, BatchError, Emissions, OverflowPolicy, RetryPolicy};
 use serde_json::json;
-use support::{Scripted, gated, observe};
+use support::{Scripted, observe, start_gated};
 
 #[tokio::test]
 async fn buffer_events_carry_the_seed_measurements_and_metadata() {
@@ -82,19 +82,7 @@ async fn adapter_success_and_error_carry_duration_adapter_reason_and_count() {
 
 #[tokio::test]
 async fn event_dropped_names_event_reason_and_adapter() {
-    let (adapter, mut gate) = gated();
-    let emissions = Emissions::builder()
-        .adapter_with(
-            "ws",
-            adapter,
-            AdapterOptions::default()
-                .capacity(1)
-                .max_demand(1)
-                .overflow(OverflowPolicy::DropNewest),
-        )
-        .start()
-        .await
-        .unwrap();
+    let (emissions, mut gate) = start_gated("ws", 1, OverflowPolicy::DropNewest).await;
     let seen = observe(&emissions);
     emissions.emit_now("first", &1).await.unwrap();
     gate.next_batch().await;

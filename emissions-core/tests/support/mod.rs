@@ -166,3 +166,23 @@ impl Adapter for Gated {
         Ok(())
     }
 }
+
+/// An instance whose only adapter, `name`, is gated, with queue capacity and `max_demand` both
+/// `capacity`.
+pub async fn start_gated(
+    name: &str,
+    capacity: usize,
+    policy: emissions_core::OverflowPolicy,
+) -> (Emissions, GateControl) {
+    let (adapter, gate) = gated();
+    let options = emissions_core::AdapterOptions::default()
+        .capacity(capacity)
+        .max_demand(capacity)
+        .overflow(policy);
+    let emissions = Emissions::builder()
+        .adapter_with(name, adapter, options)
+        .start()
+        .await
+        .unwrap();
+    (emissions, gate)
+}
