@@ -15,6 +15,7 @@
 //!   retry policy.
 //! - [`Receipt`]: await a commit's delivery; [`DeliveryReport`]: per-adapter accounting.
 //! - [`telemetry`]: the nine telemetry events, as `tracing` events and to observers.
+//! - [`topic_router!`]: compile-time event → topic routing (see [`router`]).
 //!
 //! ```
 //! use emissions_core::{async_trait, Adapter, BatchError, Emissions, Event};
@@ -55,6 +56,7 @@ mod event;
 mod options;
 mod pipeline;
 mod receipt;
+pub mod router;
 pub mod telemetry;
 
 pub use adapter::{Adapter, BatchError, Failure};
@@ -69,3 +71,4 @@ pub use error::{BoxError, BufferState, Error};
 pub use event::{Event, Metadata};
 pub use options::{AdapterOptions, DeadLetter, DeadLetterHook, OverflowPolicy, RetryPolicy};
 pub use receipt::{AdapterReport, CommitOutcome, DeliveryCounts, DeliveryReport, Receipt};
+pub use router::TopicRouter;
