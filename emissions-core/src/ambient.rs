@@ -142,6 +142,7 @@ fn ambient_buffer(event_name: &str) -> Result<Buffer, Error> {
             event_name,
             reason: DropReason::NoBuffer,
             adapter: None,
+            handler: None,
         };
         match current() {
             Ok(emissions) => emissions.telemetry(&event),

@@ -51,7 +51,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde::Serialize;
 
 use crate::ambient;
-use crate::telemetry::{TelemetryEvent, TerminateReason};
+use crate::handler::{CASCADE_DEPTH, CAUSATION_ID, CORRELATION_ID};
+use crate::telemetry::{DropReason, TelemetryEvent, TerminateReason};
 use crate::{BufferState, Emissions, Error, Event, Metadata, Receipt};
 
 /// A per-request buffer of events. See the [module docs](crate::buffer) for the lifecycle.
@@ -62,6 +63,8 @@ pub struct Buffer {
 
 struct BufferShared {
     emissions: Emissions,
+    /// Set on the child buffers of handlers: stamps causation metadata, enforces the depth limit.
+    cascade: Option<Cascade>,
     state: Mutex<BufferInner>,
     /// Serializes commits and flushes of this buffer so they reach the pipeline in order.
     handover: tokio::sync::Mutex<()>,
@@ -82,11 +85,26 @@ impl fmt::Debug for Buffer {
     }
 }
 
+/// Where a handler's child buffer sits in a cascade.
+#[derive(Clone, Debug)]
+pub(crate) struct Cascade {
+    pub(crate) causation_id: String,
+    pub(crate) correlation_id: serde_json::Value,
+    pub(crate) depth: u32,
+    pub(crate) limit: u32,
+    pub(crate) handler: Arc<str>,
+}
+
 impl Buffer {
     pub(crate) fn new(emissions: Emissions) -> Self {
+        Self::with_cascade(emissions, None)
+    }
+
+    pub(crate) fn with_cascade(emissions: Emissions, cascade: Option<Cascade>) -> Self {
         Buffer {
             shared: Arc::new(BufferShared {
                 emissions,
+                cascade,
                 state: Mutex::new(BufferInner {
                     status: BufferState::Open,
                     events: Vec::new(),
@@ -134,7 +152,33 @@ impl Buffer {
         P: Serialize + ?Sized,
     {
         self.shared.emissions.ensure_open()?;
-        let event = Event::new(name, payload, metadata)?;
+        let mut metadata = metadata;
+        if let Some(cascade) = &self.shared.cascade {
+            let name = name.into();
+            if cascade.depth > cascade.limit {
+                self.shared.emissions.telemetry(&TelemetryEvent::EventDropped {
+                    event_name: &name,
+                    reason: DropReason::CascadeDepth,
+                    adapter: None,
+                    handler: Some(&cascade.handler),
+                });
+                return Err(Error::CascadeDepth {
+                    depth: cascade.depth,
+                    limit: cascade.limit,
+                });
+            }
+            metadata.insert(
+                CAUSATION_ID.to_owned(),
+                serde_json::Value::String(cascade.causation_id.clone()),
+            );
+            metadata.insert(CORRELATION_ID.to_owned(), cascade.correlation_id.clone());
+            metadata.insert(CASCADE_DEPTH.to_owned(), cascade.depth.into());
+            return self.push(Event::new(name, payload, metadata)?);
+        }
+        self.push(Event::new(name, payload, metadata)?)
+    }
+
+    fn push(&self, event: Event) -> Result<(), Error> {
         let mut inner = self.lock();
         match inner.status {
             BufferState::Open => {

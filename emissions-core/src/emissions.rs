@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -13,10 +13,14 @@ use serde::Serialize;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::handler::{DISPATCHER, Dispatcher, Handlers};
 use crate::pipeline::{Consumer, Control, Pipeline, panic_message};
 use crate::receipt::{AdapterReport, DeliveryReport};
 use crate::telemetry::{ObserverId, TelemetryEvent};
-use crate::{Adapter, AdapterOptions, Buffer, Error, Event, Metadata, Receipt};
+use crate::{
+    Adapter, AdapterOptions, Buffer, Error, Event, Handler, HandlerOptions, Metadata,
+    OverflowPolicy, Receipt,
+};
 
 /// How long consumers get to stop once the deadline has passed and they were told to abort.
 const ABORT_GRACE: Duration = Duration::from_secs(1);
@@ -64,6 +68,7 @@ pub struct Emissions {
 
 struct Inner {
     pipeline: Pipeline,
+    handlers: Option<Arc<Handlers>>,
     closed: AtomicBool,
     consumers: Mutex<Vec<JoinHandle<()>>>,
     control: Arc<Control>,
@@ -84,6 +89,22 @@ impl fmt::Debug for Emissions {
             .field("adapters", &names)
             .field("closed", &self.inner.closed.load(Ordering::Relaxed))
             .finish()
+    }
+}
+
+/// A handle that does not keep the instance alive (held by handler tasks' dispatcher).
+#[derive(Clone, Debug)]
+pub(crate) struct WeakEmissions(Weak<Inner>);
+
+impl WeakEmissions {
+    pub(crate) fn upgrade(&self) -> Option<Emissions> {
+        self.0.upgrade().map(|inner| Emissions { inner })
+    }
+}
+
+impl fmt::Debug for Inner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Inner").finish_non_exhaustive()
     }
 }
 
@@ -135,7 +156,7 @@ impl Emissions {
     /// ```
     /// # use emissions_core::Emissions;
     /// use emissions_core::telemetry::names;
-    /// use std::sync::{Arc, Mutex};
+    /// use std::sync::{Arc, Mutex, Weak};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), emissions_core::Error> {
     /// let emissions = Emissions::builder().start().await?;
@@ -194,11 +215,19 @@ impl Emissions {
                     deadline_exceeded: slot.deadline_exceeded.load(Ordering::Acquire),
                 })
                 .collect(),
+            handlers: self
+                .inner
+                .handlers
+                .as_ref()
+                .map(|h| h.reports())
+                .unwrap_or_default(),
         }
     }
 
-    /// Waits until every event committed before the call has settled at every adapter
-    /// (delivered, filtered, failed or dropped). Test helpers use it instead of sleeping.
+    /// Waits until the instance is idle: every committed event has settled at every adapter
+    /// (delivered, filtered, failed or dropped) and no handler is running — including the
+    /// follow-up events that handlers commit meanwhile. Test helpers use it instead of sleeping.
+    /// Under a continuous stream of commits it waits until the stream pauses.
     ///
     /// ```
     /// # use emissions_core::Emissions;
@@ -212,21 +241,16 @@ impl Emissions {
     /// ```
     pub async fn settled(&self) {
         let shared = &self.inner.pipeline.shared;
-        let targets: Vec<u64> = shared
-            .slots
-            .iter()
-            .map(|s| s.counters.snapshot().committed)
-            .collect();
         loop {
             let notified = shared.progress.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let done = shared
-                .slots
-                .iter()
-                .zip(&targets)
-                .all(|(slot, target)| slot.counters.snapshot().settled() >= *target);
-            if done {
+            let adapters_idle = shared.slots.iter().all(|slot| {
+                let counts = slot.counters.snapshot();
+                counts.settled() >= counts.committed
+            });
+            let handlers_idle = self.inner.handlers.as_ref().is_none_or(|h| h.is_idle());
+            if adapters_idle && handlers_idle {
                 return;
             }
             notified.await;
@@ -318,6 +342,10 @@ impl Emissions {
     pub(crate) fn telemetry(&self, event: &TelemetryEvent<'_>) {
         self.inner.pipeline.shared.telemetry.emit(event);
     }
+
+    pub(crate) fn notify_progress(&self) {
+        self.inner.pipeline.shared.progress.notify_waiters();
+    }
 }
 
 struct Registration {
@@ -355,18 +383,36 @@ struct Registration {
 /// assert_eq!(err.to_string(), "adapter `kafka`: invalid `capacity`: must be at least 1");
 /// # Ok(()) }
 /// ```
-#[derive(Default)]
 pub struct EmissionsBuilder {
     adapters: Vec<Registration>,
     defaults: AdapterOptions,
+    handlers: Vec<(String, Box<dyn Handler>, HandlerOptions)>,
+    handler_queue: AdapterOptions,
+    cascade_depth_limit: u32,
+}
+
+impl Default for EmissionsBuilder {
+    fn default() -> Self {
+        EmissionsBuilder {
+            adapters: Vec::new(),
+            defaults: AdapterOptions::default(),
+            handlers: Vec::new(),
+            handler_queue: AdapterOptions::default(),
+            cascade_depth_limit: 8,
+        }
+    }
 }
 
 impl fmt::Debug for EmissionsBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let names: Vec<&str> = self.adapters.iter().map(|r| r.name.as_str()).collect();
+        let handlers: Vec<&str> = self.handlers.iter().map(|h| h.0.as_str()).collect();
         f.debug_struct("EmissionsBuilder")
             .field("adapters", &names)
             .field("defaults", &self.defaults)
+            .field("handlers", &handlers)
+            .field("handler_queue", &self.handler_queue)
+            .field("cascade_depth_limit", &self.cascade_depth_limit)
             .finish()
     }
 }
@@ -410,26 +456,100 @@ impl EmissionsBuilder {
         self
     }
 
+    /// Registers a handler under a unique name, with the default [`HandlerOptions`].
+    ///
+    /// See the [handler module](crate::handler).
+    pub fn handler(self, name: impl Into<String>, handler: impl Handler) -> Self {
+        self.handler_with(name, handler, HandlerOptions::default())
+    }
+
+    /// Registers a handler under a unique name, with its own options.
+    ///
+    /// ```
+    /// # use emissions_core::{async_trait, BoxError, Emissions, Event, Handled, Handler, HandlerContext, HandlerOptions};
+    /// # struct Audit;
+    /// # #[async_trait]
+    /// # impl Handler for Audit {
+    /// #     fn events(&self) -> &[&str] { &["order_created"] }
+    /// #     async fn handle(&self, _: &Event, _: &HandlerContext) -> Result<Handled, BoxError> { Ok(Handled::Done) }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), emissions_core::Error> {
+    /// let emissions = Emissions::builder()
+    ///     .handler_with("audit", Audit, HandlerOptions::default().concurrency(1))
+    ///     .cascade_depth_limit(4)
+    ///     .start()
+    ///     .await?;
+    /// # let _ = emissions;
+    /// # Ok(()) }
+    /// ```
+    pub fn handler_with(
+        mut self,
+        name: impl Into<String>,
+        handler: impl Handler,
+        options: HandlerOptions,
+    ) -> Self {
+        self.handlers.push((name.into(), Box::new(handler), options));
+        self
+    }
+
+    /// Queue options of the handler dispatcher (the adapter named `handlers`). Defaults to
+    /// [`AdapterOptions::default`]. [`OverflowPolicy::Block`](crate::OverflowPolicy::Block) is
+    /// refused: a handler committing follow-up events into its own full queue would deadlock.
+    ///
+    /// See [`handler_with`](Self::handler_with).
+    pub fn handler_queue(mut self, options: AdapterOptions) -> Self {
+        self.handler_queue = options;
+        self
+    }
+
+    /// The deepest cascade allowed: a follow-up event more than `limit` handler hops from its
+    /// root is dropped and reported. Defaults to 8.
+    ///
+    /// See [`handler_with`](Self::handler_with).
+    pub fn cascade_depth_limit(mut self, limit: u32) -> Self {
+        self.cascade_depth_limit = limit;
+        self
+    }
+
     /// Validates every adapter's options, runs each adapter's `init` in registration order, and
     /// starts one consumer task per adapter. Must run inside a tokio runtime.
     ///
     /// Fails with [`Error::Config`] (naming the adapter and the field) or [`Error::Init`].
     ///
     /// See [`EmissionsBuilder`].
-    pub async fn start(self) -> Result<Emissions, Error> {
+    pub async fn start(mut self) -> Result<Emissions, Error> {
         let mut seen = HashSet::new();
-        let mut registrations = Vec::with_capacity(self.adapters.len());
-        for reg in self.adapters {
-            if reg.name.trim().is_empty() {
-                return Err(Error::config(&reg.name, "name", "must not be empty"));
-            }
-            if !seen.insert(reg.name.clone()) {
+        let mut registrations = Vec::with_capacity(self.adapters.len() + 1);
+        for (name, _, options) in &self.handlers {
+            check_name(name, &mut seen)?;
+            options.validate(name)?;
+        }
+        let handlers = if self.handlers.is_empty() {
+            None
+        } else {
+            if self.handler_queue.overflow == OverflowPolicy::Block {
                 return Err(Error::config(
-                    &reg.name,
-                    "name",
-                    "is registered twice; give each adapter a unique name",
+                    DISPATCHER,
+                    "overflow",
+                    "Block can deadlock handlers that emit follow-up events; use DropNewest or DropOldest",
                 ));
             }
+            let handlers = Arc::new(Handlers::new(
+                std::mem::take(&mut self.handlers),
+                self.cascade_depth_limit,
+            ));
+            self.adapters.push(Registration {
+                name: DISPATCHER.to_owned(),
+                adapter: Box::new(Dispatcher {
+                    handlers: handlers.clone(),
+                }),
+                options: Some(self.handler_queue.clone()),
+            });
+            Some(handlers)
+        };
+        for reg in self.adapters {
+            check_name(&reg.name, &mut seen)?;
             let options = reg.options.unwrap_or_else(|| self.defaults.clone());
             options.validate(&reg.name)?;
             registrations.push((reg.name, reg.adapter, options));
@@ -473,14 +593,31 @@ impl EmissionsBuilder {
                 )
             })
             .collect();
-        Ok(Emissions {
-            inner: Arc::new(Inner {
-                pipeline,
-                closed: AtomicBool::new(false),
-                consumers: Mutex::new(consumers),
-                control,
-                report: tokio::sync::OnceCell::new(),
-            }),
-        })
+        let inner = Arc::new(Inner {
+            pipeline,
+            handlers,
+            closed: AtomicBool::new(false),
+            consumers: Mutex::new(consumers),
+            control,
+            report: tokio::sync::OnceCell::new(),
+        });
+        if let Some(handlers) = &inner.handlers {
+            handlers.bind(WeakEmissions(Arc::downgrade(&inner)));
+        }
+        Ok(Emissions { inner })
     }
+}
+
+fn check_name(name: &str, seen: &mut HashSet<String>) -> Result<(), Error> {
+    if name.trim().is_empty() {
+        return Err(Error::config(name, "name", "must not be empty"));
+    }
+    if !seen.insert(name.to_owned()) {
+        return Err(Error::config(
+            name,
+            "name",
+            "is registered twice; give each adapter and handler a unique name",
+        ));
+    }
+    Ok(())
 }

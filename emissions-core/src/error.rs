@@ -66,6 +66,16 @@ pub enum Error {
     /// No `Emissions` instance: neither a scoped default nor a global default is set.
     #[error("no emissions instance: set a global default or use with_default")]
     NoInstance,
+    /// A handler emitted a follow-up event deeper than the cascade depth limit; the event was
+    /// dropped and reported (`emissions.event.dropped`, reason `cascade_depth`). A handler may
+    /// ignore this error to end the cascade quietly.
+    #[error("cascade depth {depth} exceeds the limit of {limit}; event dropped")]
+    CascadeDepth {
+        /// The depth the event would have had.
+        depth: u32,
+        /// The configured limit.
+        limit: u32,
+    },
     /// `set_global_default` was called twice.
     #[error("a global default emissions instance is already set")]
     GlobalDefaultAlreadySet,

@@ -13,6 +13,7 @@
 //!   scoped overrides (see [`ambient`]).
 //! - [`Adapter`]: the destination trait; [`AdapterOptions`] for queue, batching, overflow and
 //!   retry policy.
+//! - [`Handler`]: in-process subscribers in supervised tasks, with cascading (see [`handler`]).
 //! - [`Receipt`]: await a commit's delivery; [`DeliveryReport`]: per-adapter accounting.
 //! - [`telemetry`]: the nine telemetry events, as `tracing` events and to observers.
 //! - [`topic_router!`]: compile-time event → topic routing (see [`router`]).
@@ -53,6 +54,7 @@ pub mod buffer;
 mod emissions;
 mod error;
 mod event;
+pub mod handler;
 mod options;
 mod pipeline;
 mod receipt;
@@ -69,6 +71,10 @@ pub use buffer::Buffer;
 pub use emissions::{Emissions, EmissionsBuilder};
 pub use error::{BoxError, BufferState, Error};
 pub use event::{Event, Metadata};
+pub use handler::{
+    Handled, Handler, HandlerContext, HandlerCounts, HandlerOptions, HandlerReport, CASCADE_DEPTH,
+    CAUSATION_ID, CORRELATION_ID,
+};
 pub use options::{AdapterOptions, DeadLetter, DeadLetterHook, OverflowPolicy, RetryPolicy};
 pub use receipt::{AdapterReport, CommitOutcome, DeliveryCounts, DeliveryReport, Receipt};
 pub use router::TopicRouter;

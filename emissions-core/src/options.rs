@@ -154,7 +154,7 @@ impl RetryPolicy {
         base.mul_f64(0.5 + fastrand::f64() * 0.5)
     }
 
-    fn validate(&self, adapter: &str) -> Result<(), Error> {
+    pub(crate) fn validate(&self, adapter: &str) -> Result<(), Error> {
         if self.max_attempts == 0 {
             return Err(Error::config(
                 adapter,
@@ -180,12 +180,12 @@ impl RetryPolicy {
     }
 }
 
-/// Events an adapter gave up on, handed back to the application.
+/// Events an adapter or a handler gave up on, handed back to the application.
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct DeadLetter {
-    /// The adapter's registered name.
-    pub adapter: Arc<str>,
+    /// The registered name of the adapter or handler that gave up.
+    pub destination: Arc<str>,
     /// The failed events, in emit order.
     pub events: Vec<Event>,
     /// The last failure.
@@ -199,7 +199,7 @@ pub struct DeadLetter {
 ///
 /// ```
 /// use emissions_core::DeadLetterHook;
-/// let hook = DeadLetterHook::new(|dead| eprintln!("{} lost {} events", dead.adapter, dead.events.len()));
+/// let hook = DeadLetterHook::new(|dead| eprintln!("{} lost {} events", dead.destination, dead.events.len()));
 /// # let _ = hook;
 /// ```
 #[derive(Clone)]

@@ -101,6 +101,7 @@ impl Item {
             event_name: self.event.name(),
             reason,
             adapter: Some(&shared.slots[self.adapter].name),
+            handler: None,
         });
         self.tracker.record(self.adapter, Settled::Dropped, 1);
         shared.progress.notify_waiters();
@@ -501,7 +502,7 @@ impl Consumer {
         );
         if let Some(hook) = &self.options.dead_letter {
             let dead = DeadLetter {
-                adapter: slot.name.clone(),
+                destination: slot.name.clone(),
                 events: items.iter().map(|i| i.event.clone()).collect(),
                 failure,
                 attempts,

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use tokio::sync::Notify;
 
+use crate::handler::HandlerReport;
 use crate::pipeline::Shared;
 
 /// How the events committed to one adapter ended up.
@@ -286,8 +287,11 @@ pub struct AdapterReport {
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeliveryReport {
-    /// One entry per adapter, in registration order.
+    /// One entry per adapter, in registration order (the handler dispatcher, when there are
+    /// handlers, is the adapter named `handlers`).
     pub adapters: Vec<AdapterReport>,
+    /// One entry per handler, in registration order.
+    pub handlers: Vec<HandlerReport>,
 }
 
 impl DeliveryReport {
@@ -298,10 +302,19 @@ impl DeliveryReport {
         self.adapters.iter().find(|a| a.name == name)
     }
 
-    /// True when, for every adapter, `committed == delivered + filtered + failed + dropped`.
+    /// The entry of one handler, by registered name.
+    ///
+    /// See [`DeliveryReport`].
+    pub fn handler(&self, name: &str) -> Option<&HandlerReport> {
+        self.handlers.iter().find(|h| h.name == name)
+    }
+
+    /// True when, for every adapter, `committed == delivered + filtered + failed + dropped`,
+    /// and for every handler, `dispatched == succeeded + ignored + failed + dropped`.
     ///
     /// See [`DeliveryReport`].
     pub fn is_balanced(&self) -> bool {
         self.adapters.iter().all(|a| a.counts.is_balanced())
+            && self.handlers.iter().all(|h| h.counts.is_balanced())
     }
 }

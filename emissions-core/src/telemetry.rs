@@ -11,7 +11,7 @@
 //! | `emissions.buffer.started` | `count` = 1 | — |
 //! | `emissions.buffer.committed` | `count` = n | `event_count` = n |
 //! | `emissions.buffer.terminated` | `count` = 1 | `event_count`, `reason` (`terminate` or `drop`) |
-//! | `emissions.event.dropped` | `count` = 1 | `event_name`, `reason`, `adapter` (when one adapter dropped it) |
+//! | `emissions.event.dropped` | `count` = 1 | `event_name`, `reason`, `adapter` or `handler` (when one dropped it) |
 //! | `emissions.adapter.success` | `duration` (ns) | `adapter`, `event_count` |
 //! | `emissions.adapter.error` | `duration` (ns) | `adapter`, `reason`, `event_count` |
 //! | `emissions.handler.success` | `duration` (ns) | `handler`, `event` |
@@ -185,6 +185,8 @@ pub enum TelemetryEvent<'a> {
         reason: DropReason,
         /// The adapter that dropped it, when the drop concerns one adapter.
         adapter: Option<&'a str>,
+        /// The handler that dropped it (shutdown while handling, or a cascade too deep).
+        handler: Option<&'a str>,
     },
     /// `emissions.adapter.success`
     AdapterSuccess {
@@ -308,6 +310,7 @@ impl TelemetryEvent<'_> {
                 event_name,
                 reason,
                 adapter,
+                handler,
             } => {
                 let mut meta = vec![
                     (keys::EVENT_NAME, json!(event_name)),
@@ -315,6 +318,9 @@ impl TelemetryEvent<'_> {
                 ];
                 if let Some(adapter) = adapter {
                     meta.push((keys::ADAPTER, json!(adapter)));
+                }
+                if let Some(handler) = handler {
+                    meta.push((keys::HANDLER, json!(handler)));
                 }
                 meta
             }
@@ -380,13 +386,15 @@ pub(crate) fn trace(event: &TelemetryEvent<'_>) {
             event_name,
             reason,
             adapter,
+            handler,
         } => warn!(
             target: "emissions",
             event = name,
             count = 1u64,
             event_name,
             reason = reason.as_str(),
-            adapter
+            adapter,
+            handler
         ),
         TelemetryEvent::AdapterSuccess {
             adapter,
@@ -527,12 +535,14 @@ mod tests {
             event_name: "a",
             reason: DropReason::NoBuffer,
             adapter: None,
+            handler: None,
         };
         assert_eq!(ev.metadata().len(), 2);
         let ev = TelemetryEvent::EventDropped {
             event_name: "a",
             reason: DropReason::QueueFull,
             adapter: Some("k"),
+            handler: None,
         };
         assert_eq!(ev.metadata()[2], (keys::ADAPTER, json!("k")));
     }
