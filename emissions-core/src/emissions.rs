@@ -156,7 +156,7 @@ impl Emissions {
     /// ```
     /// # use emissions_core::Emissions;
     /// use emissions_core::telemetry::names;
-    /// use std::sync::{Arc, Mutex, Weak};
+    /// use std::sync::{Arc, Mutex};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), emissions_core::Error> {
     /// let emissions = Emissions::builder().start().await?;
