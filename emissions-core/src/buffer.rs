@@ -156,12 +156,14 @@ impl Buffer {
         if let Some(cascade) = &self.shared.cascade {
             let name = name.into();
             if cascade.depth > cascade.limit {
-                self.shared.emissions.telemetry(&TelemetryEvent::EventDropped {
-                    event_name: &name,
-                    reason: DropReason::CascadeDepth,
-                    adapter: None,
-                    handler: Some(&cascade.handler),
-                });
+                self.shared
+                    .emissions
+                    .telemetry(&TelemetryEvent::EventDropped {
+                        event_name: &name,
+                        reason: DropReason::CascadeDepth,
+                        adapter: None,
+                        handler: Some(&cascade.handler),
+                    });
                 return Err(Error::CascadeDepth {
                     depth: cascade.depth,
                     limit: cascade.limit,

@@ -489,7 +489,8 @@ impl EmissionsBuilder {
         handler: impl Handler,
         options: HandlerOptions,
     ) -> Self {
-        self.handlers.push((name.into(), Box::new(handler), options));
+        self.handlers
+            .push((name.into(), Box::new(handler), options));
         self
     }
 

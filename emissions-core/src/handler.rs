@@ -86,7 +86,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::FutureExt;
 use serde::Serialize;
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{Semaphore, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -324,7 +324,11 @@ impl HandlerOptions {
             return Err(Error::config(handler, "concurrency", "must be at least 1"));
         }
         if self.timeout.is_zero() {
-            return Err(Error::config(handler, "timeout", "must be longer than zero"));
+            return Err(Error::config(
+                handler,
+                "timeout",
+                "must be longer than zero",
+            ));
         }
         self.retry.validate(handler)
     }
@@ -584,7 +588,12 @@ impl Run {
                 _ = previous => {}
             }
         }
-        let Some(emissions) = self.handlers.instance.get().and_then(WeakEmissions::upgrade) else {
+        let Some(emissions) = self
+            .handlers
+            .instance
+            .get()
+            .and_then(WeakEmissions::upgrade)
+        else {
             return;
         };
         let policy = self.registered().options.retry.clone();
@@ -749,7 +758,11 @@ impl Drop for Run {
         let registered = &self.handlers.registered[self.index];
         if !self.settled {
             registered.counts.dropped.fetch_add(1, Ordering::AcqRel);
-            if let Some(emissions) = self.handlers.instance.get().and_then(WeakEmissions::upgrade)
+            if let Some(emissions) = self
+                .handlers
+                .instance
+                .get()
+                .and_then(WeakEmissions::upgrade)
             {
                 emissions.telemetry(&TelemetryEvent::EventDropped {
                     event_name: self.event.name(),
@@ -760,7 +773,12 @@ impl Drop for Run {
             }
         }
         self.handlers.in_flight.fetch_sub(1, Ordering::AcqRel);
-        if let Some(emissions) = self.handlers.instance.get().and_then(WeakEmissions::upgrade) {
+        if let Some(emissions) = self
+            .handlers
+            .instance
+            .get()
+            .and_then(WeakEmissions::upgrade)
+        {
             emissions.notify_progress();
         }
     }

@@ -72,8 +72,8 @@ pub use emissions::{Emissions, EmissionsBuilder};
 pub use error::{BoxError, BufferState, Error};
 pub use event::{Event, Metadata};
 pub use handler::{
-    Handled, Handler, HandlerContext, HandlerCounts, HandlerOptions, HandlerReport, CASCADE_DEPTH,
-    CAUSATION_ID, CORRELATION_ID,
+    CASCADE_DEPTH, CAUSATION_ID, CORRELATION_ID, Handled, Handler, HandlerContext, HandlerCounts,
+    HandlerOptions, HandlerReport,
 };
 pub use options::{AdapterOptions, DeadLetter, DeadLetterHook, OverflowPolicy, RetryPolicy};
 pub use receipt::{AdapterReport, CommitOutcome, DeliveryCounts, DeliveryReport, Receipt};
