@@ -17,6 +17,11 @@
 //! - [`Receipt`]: await a commit's delivery; [`DeliveryReport`]: per-adapter accounting.
 //! - [`telemetry`]: the nine telemetry events, as `tracing` events and to observers.
 //! - [`topic_router!`]: compile-time event → topic routing (see [`router`]).
+//! - `layer` (feature `tower`): a buffer per HTTP request, committed on 2xx/3xx.
+//!
+//! # Features
+//!
+//! - `tower`: the per-request [`tower` layer](https://docs.rs/tower) for axum and hyper services.
 //!
 //! ```
 //! use emissions_core::{async_trait, Adapter, BatchError, Emissions, Event};
@@ -47,6 +52,7 @@
 //! # Ok(()) }
 //! ```
 #![doc(test(attr(deny(warnings))))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod adapter;
 pub mod ambient;
@@ -55,6 +61,8 @@ mod emissions;
 mod error;
 mod event;
 pub mod handler;
+#[cfg(feature = "tower")]
+pub mod layer;
 mod options;
 mod pipeline;
 mod receipt;

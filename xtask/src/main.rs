@@ -5,8 +5,9 @@ use std::process::{Command, ExitCode};
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  ci    fmt check, clippy (-D warnings, all targets), every test (unit, integration, doc),
-        cargo doc with warnings denied, and the README's quickstart command";
+  ci    fmt check, clippy (-D warnings, all targets and features), every test (unit,
+        integration, property, doc) with all features and core's with none, cargo doc with
+        warnings denied, and the README's quickstart command";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
