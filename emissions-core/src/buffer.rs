@@ -100,7 +100,9 @@ impl Buffer {
         Self::with_cascade(emissions, None)
     }
 
+    /// Opens a buffer (reports `emissions.buffer.started`); handlers' child buffers too.
     pub(crate) fn with_cascade(emissions: Emissions, cascade: Option<Cascade>) -> Self {
+        emissions.telemetry(&TelemetryEvent::BufferStarted);
         Buffer {
             shared: Arc::new(BufferShared {
                 emissions,

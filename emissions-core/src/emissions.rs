@@ -120,7 +120,6 @@ impl Emissions {
     ///
     /// See [`Buffer`].
     pub fn start(&self) -> Buffer {
-        self.telemetry(&TelemetryEvent::BufferStarted);
         Buffer::new(self.clone())
     }
 

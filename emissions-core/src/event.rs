@@ -48,7 +48,8 @@ struct EventInner {
 
 impl Event {
     /// Creates an event, serializing `payload` now. Fails with [`Error::EmptyName`] or
-    /// [`Error::Serialize`].
+    /// [`Error::Serialize`]. With the `opentelemetry` feature, the current trace context is
+    /// added to the metadata as `traceparent`/`tracestate`.
     ///
     /// ```
     /// use emissions_core::{Event, Metadata};
@@ -59,7 +60,7 @@ impl Event {
     pub fn new<P>(
         name: impl Into<Cow<'static, str>>,
         payload: &P,
-        metadata: Metadata,
+        #[cfg_attr(not(feature = "opentelemetry"), allow(unused_mut))] mut metadata: Metadata,
     ) -> Result<Self, Error>
     where
         P: Serialize + ?Sized,
@@ -77,6 +78,8 @@ impl Event {
                 });
             }
         };
+        #[cfg(feature = "opentelemetry")]
+        crate::otel::capture_current(&mut metadata);
         Ok(Event {
             inner: Arc::new(EventInner {
                 id: Uuid::now_v7(),

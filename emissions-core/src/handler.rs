@@ -695,11 +695,15 @@ impl Run {
         let run = buffer
             .scope(registered.handler.handle(&self.event, &ctx))
             .instrument(span);
+        #[cfg(feature = "opentelemetry")]
+        let otel_span = crate::otel::HandlerSpan::start(&self.event, &registered.name, attempt);
+        #[cfg(feature = "opentelemetry")]
+        let run = otel_span.wrap(run);
         let guarded = tokio::time::timeout(
             registered.options.timeout,
             AssertUnwindSafe(run).catch_unwind(),
         );
-        tokio::select! {
+        let outcome = tokio::select! {
             biased;
             () = cancel.cancelled() => Attempt::Cancelled,
             result = guarded => match result {
@@ -708,7 +712,14 @@ impl Run {
                 Ok(Err(panic)) => Attempt::Failed(format!("panicked: {}", panic_message(&*panic))),
                 Err(_) => Attempt::Failed(format!("timed out after {:?}", registered.options.timeout)),
             },
-        }
+        };
+        #[cfg(feature = "opentelemetry")]
+        otel_span.finish(match &outcome {
+            Attempt::Failed(reason) => Some(reason),
+            Attempt::Cancelled => Some("cancelled by shutdown"),
+            Attempt::Handled(_) => None,
+        });
+        outcome
     }
 
     async fn commit_children(&self, emissions: &Emissions, buffer: &Buffer) {

@@ -22,6 +22,8 @@
 //! # Features
 //!
 //! - `tower`: the per-request [`tower` layer](https://docs.rs/tower) for axum and hyper services.
+//! - `opentelemetry`: metrics for the telemetry events, W3C trace context captured at emit time
+//!   and continued in handlers (module `otel`).
 //!
 //! ```
 //! use emissions_core::{async_trait, Adapter, BatchError, Emissions, Event};
@@ -64,6 +66,8 @@ pub mod handler;
 #[cfg(feature = "tower")]
 pub mod layer;
 mod options;
+#[cfg(feature = "opentelemetry")]
+pub mod otel;
 mod pipeline;
 mod receipt;
 pub mod router;
