@@ -3,7 +3,7 @@
 //! # Dispatch
 //!
 //! All handlers share one pipeline consumer, registered as the adapter named `handlers`, with its
-//! own bounded queue and overflow policy ([`EmissionsBuilder::handler_queue`]). For each event it
+//! own bounded queue and overflow policy ([`EmissionsBuilder::handler_queue`](crate::EmissionsBuilder::handler_queue)). For each event it
 //! starts, for every handler subscribed to the event's name, one **supervised tokio task**.
 //! Events no handler subscribes to are counted as filtered at `handlers`.
 //!
@@ -12,7 +12,7 @@
 //! An error, a panic or a timeout in one handler run never affects other handlers, other events
 //! or the pipeline: it is reported as `emissions.handler.error` (the reason is the error, the
 //! panic message, or `timed out after …`) and retried under the handler's
-//! [`RetryPolicy`](crate::RetryPolicy); once the policy gives up, the event goes to the handler's
+//! [`RetryPolicy`]; once the policy gives up, the event goes to the handler's
 //! dead-letter hook and counts as failed for that handler.
 //!
 //! # Concurrency and order
@@ -30,7 +30,7 @@
 //! times out — each retry starts a fresh one. Child events carry [`CAUSATION_ID`] (the parent's
 //! id), [`CORRELATION_ID`] (the root's correlation id: its `correlation_id` metadata if it had
 //! one, else its id) and [`CASCADE_DEPTH`] in their metadata. Emitting deeper than the depth limit
-//! ([`EmissionsBuilder::cascade_depth_limit`], default 8) returns [`Error::CascadeDepth`] and
+//! ([`EmissionsBuilder::cascade_depth_limit`](crate::EmissionsBuilder::cascade_depth_limit), default 8) returns [`Error::CascadeDepth`] and
 //! reports `emissions.event.dropped` with reason `cascade_depth`, so an emit loop ends.
 //!
 //! # Shutdown
