@@ -446,6 +446,25 @@ async fn follow_ups_of_a_failed_run_are_discarded() {
 }
 
 #[tokio::test]
+async fn follow_ups_of_a_panicking_run_are_discarded() {
+    let t = TestEmissions::start_with(Emissions::builder().handler_with(
+        "explodes",
+        handler(&["order_created"], |_, ctx| {
+            ctx.emit("invoice_requested", &1).unwrap();
+            panic!("after emitting");
+        }),
+        once(),
+    ))
+    .await
+    .unwrap();
+    t.emissions().emit_now("order_created", &1).await.unwrap();
+    t.emissions().emit_now("order_created", &2).await.unwrap();
+    assert_eq!(names(&t.events().await), ["order_created", "order_created"]);
+    let counts = t.emissions().stats().handler("explodes").unwrap().counts;
+    assert_eq!((counts.dispatched, counts.failed), (2, 2));
+}
+
+#[tokio::test]
 async fn an_endless_cascade_stops_at_the_depth_limit() {
     let refusals = Arc::new(Mutex::new(Vec::new()));
     let sink = refusals.clone();
