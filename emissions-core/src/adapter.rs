@@ -1,6 +1,7 @@
 //! The [`Adapter`] trait: a destination for committed events.
 
 use std::fmt;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::time::Instant;
@@ -96,6 +97,7 @@ pub trait Adapter: Send + 'static {
 #[derive(Debug)]
 pub struct Failure {
     retryable: bool,
+    retry_after: Option<Duration>,
     error: BoxError,
 }
 
@@ -108,8 +110,34 @@ impl Failure {
     pub fn retryable(error: impl Into<BoxError>) -> Self {
         Failure {
             retryable: true,
+            retry_after: None,
             error: error.into(),
         }
+    }
+
+    /// A transient failure whose destination asked to wait at least `delay` before the next
+    /// attempt (an HTTP `Retry-After`). The next attempt comes after the longer of this and the
+    /// retry policy's own delay.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let f = emissions_core::Failure::retry_after("rate limited", Duration::from_secs(30));
+    /// assert!(f.is_retryable());
+    /// assert_eq!(f.retry_after_hint(), Some(Duration::from_secs(30)));
+    /// ```
+    pub fn retry_after(error: impl Into<BoxError>, delay: Duration) -> Self {
+        Failure {
+            retryable: true,
+            retry_after: Some(delay),
+            error: error.into(),
+        }
+    }
+
+    /// The wait the destination asked for, if any.
+    ///
+    /// See [`retry_after`](Self::retry_after).
+    pub fn retry_after_hint(&self) -> Option<Duration> {
+        self.retry_after
     }
 
     /// A permanent failure: the events go to the dead-letter hook at once.
@@ -120,6 +148,7 @@ impl Failure {
     pub fn permanent(error: impl Into<BoxError>) -> Self {
         Failure {
             retryable: false,
+            retry_after: None,
             error: error.into(),
         }
     }

@@ -53,6 +53,8 @@ pub struct RetryPolicy {
     max_backoff: Duration,
     multiplier: f64,
     max_elapsed: Option<Duration>,
+    /// Explicit delays between attempts, replacing the exponential ones.
+    schedule: Option<Vec<Duration>>,
 }
 
 impl Default for RetryPolicy {
@@ -63,6 +65,7 @@ impl Default for RetryPolicy {
             max_backoff: Duration::from_secs(30),
             multiplier: 2.0,
             max_elapsed: None,
+            schedule: None,
         }
     }
 }
@@ -115,6 +118,30 @@ impl RetryPolicy {
         self
     }
 
+    /// Explicit delays between attempts instead of exponential ones: attempt `n + 1` comes
+    /// `delays[n - 1]` (jittered into `[delay / 2, delay]`) after attempt `n`, and there are
+    /// `delays.len() + 1` attempts in all.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let svix_like = emissions_core::RetryPolicy::schedule([
+    ///     Duration::from_secs(5),
+    ///     Duration::from_secs(300),
+    ///     Duration::from_secs(1800),
+    /// ]);
+    /// assert_eq!(svix_like.attempts(), 4);
+    /// ```
+    pub fn schedule(delays: impl IntoIterator<Item = Duration>) -> Self {
+        let delays: Vec<Duration> = delays.into_iter().collect();
+        RetryPolicy {
+            max_attempts: u32::try_from(delays.len() + 1).unwrap_or(u32::MAX),
+            max_backoff: delays.iter().copied().max().unwrap_or_default(),
+            initial_backoff: Duration::ZERO,
+            schedule: Some(delays),
+            ..RetryPolicy::default()
+        }
+    }
+
     /// Stop retrying once this much time has passed since the first attempt. Defaults to none.
     ///
     /// ```
@@ -142,6 +169,14 @@ impl RetryPolicy {
 
     /// The un-jittered delay after failed attempt `attempt` (1-based).
     pub(crate) fn base_delay(&self, attempt: u32) -> Duration {
+        if let Some(delays) = &self.schedule {
+            let index = usize::try_from(attempt.saturating_sub(1)).unwrap_or(usize::MAX);
+            return delays
+                .get(index)
+                .or(delays.last())
+                .copied()
+                .unwrap_or_default();
+        }
         let exp = i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX);
         let secs = self.initial_backoff.as_secs_f64() * self.multiplier.powi(exp);
         let max = self.max_backoff.as_secs_f64();
@@ -377,6 +412,17 @@ mod tests {
                 "{d:?}"
             );
         }
+    }
+
+    #[test]
+    fn schedules_give_explicit_delays() {
+        let p = RetryPolicy::schedule([Duration::from_secs(5), Duration::from_secs(300)]);
+        assert_eq!(p.attempts(), 3);
+        assert_eq!(p.base_delay(1), Duration::from_secs(5));
+        assert_eq!(p.base_delay(2), Duration::from_secs(300));
+        assert_eq!(p.base_delay(9), Duration::from_secs(300));
+        assert!(p.validate("a").is_ok());
+        assert_eq!(RetryPolicy::schedule([]).attempts(), 1);
     }
 
     #[test]

@@ -384,7 +384,14 @@ impl Consumer {
             let failures = self.classify(pending, result, duration);
             self.shared.progress.notify_waiters();
 
-            let delay = policy.delay(attempt);
+            // The destination's Retry-After, when longer, overrides the policy's delay.
+            let hint = failures
+                .iter()
+                .filter(|(_, f)| f.is_retryable())
+                .filter_map(|(_, f)| f.retry_after_hint())
+                .max()
+                .unwrap_or_default();
+            let delay = policy.delay(attempt).max(hint);
             let out_of_time = policy
                 .elapsed_limit()
                 .is_some_and(|limit| first_attempt.elapsed() + delay > limit);

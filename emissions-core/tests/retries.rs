@@ -249,3 +249,60 @@ async fn a_panic_in_interested_fails_only_that_event() {
     assert_eq!((counts.delivered, counts.failed), (2, 1));
     assert!(dead.lock().unwrap()[0].1.starts_with("interested panicked"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_hint_longer_than_the_policy_delay_wins() {
+    let adapter = Scripted::new(|call, _| {
+        if call == 0 {
+            Err(BatchError::Batch(Failure::retry_after(
+                "rate limited",
+                Duration::from_secs(60),
+            )))
+        } else {
+            Ok(())
+        }
+    });
+    let calls = adapter.calls();
+    let emissions = Emissions::builder()
+        .adapter("limited", adapter)
+        .start()
+        .await
+        .unwrap();
+    commit_all(&emissions, &["a"]).await;
+    let calls = calls.lock().unwrap();
+    assert_eq!(calls.len(), 2);
+    let gap = calls[1].0 - calls[0].0;
+    assert!(
+        gap >= Duration::from_secs(60) && gap < Duration::from_secs(61),
+        "{gap:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_explicit_schedule_sets_each_delay() {
+    let adapter = Scripted::new(|call, _| {
+        if call < 3 {
+            Err(BatchError::retryable("down"))
+        } else {
+            Ok(())
+        }
+    });
+    let calls = adapter.calls();
+    let schedule = [5, 300, 1800].map(Duration::from_secs);
+    let emissions = Emissions::builder()
+        .adapter_with(
+            "scheduled",
+            adapter,
+            AdapterOptions::default().retry(RetryPolicy::schedule(schedule)),
+        )
+        .start()
+        .await
+        .unwrap();
+    commit_all(&emissions, &["a"]).await;
+    let calls = calls.lock().unwrap();
+    assert_eq!(calls.len(), 4);
+    for (pair, base) in calls.windows(2).zip(schedule) {
+        let gap = pair[1].0 - pair[0].0;
+        assert!(gap >= base / 2 && gap <= base, "{gap:?} vs {base:?}");
+    }
+}
