@@ -1,0 +1,215 @@
+//! [`WebhookAdapter`]: wires the envelope, the signature and the HTTP client into the core's
+//! adapter contract.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use emissions_core::{Adapter, AdapterOptions, BatchError, Event, Failure, async_trait};
+use futures_util::StreamExt;
+use http::HeaderMap;
+
+use crate::Error;
+use crate::endpoint::Filter;
+use crate::request_builder::{envelope, headers};
+use crate::service::{Attempt, Outcome};
+use crate::signature::{Secret, unix_seconds};
+
+pub(crate) struct Limits {
+    pub(crate) concurrency: usize,
+    pub(crate) max_payload: usize,
+    pub(crate) max_response_body: usize,
+    pub(crate) retry_after_cap: Duration,
+}
+
+/// Delivers events to one webhook endpoint. Built by
+/// [`WebhookEndpoint::build`](crate::WebhookEndpoint::build); see the [crate docs](crate) for
+/// the delivery policy.
+pub struct WebhookAdapter {
+    name: String,
+    url: reqwest::Url,
+    secrets: Vec<Secret>,
+    filter: Filter,
+    headers: HeaderMap,
+    client: reqwest::Client,
+    limits: Limits,
+    options: AdapterOptions,
+    /// Set by a 410 Gone: later events fail at once.
+    disabled: bool,
+    /// Bodies of events awaiting a retry: built once, signed afresh per attempt.
+    bodies: HashMap<uuid::Uuid, Bytes>,
+}
+
+impl fmt::Debug for WebhookAdapter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookAdapter")
+            .field("name", &self.name)
+            .field("url", &self.url.as_str())
+            .field("disabled", &self.disabled)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WebhookAdapter {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        name: String,
+        url: reqwest::Url,
+        secrets: Vec<Secret>,
+        filter: Filter,
+        headers: HeaderMap,
+        client: reqwest::Client,
+        limits: Limits,
+        options: AdapterOptions,
+    ) -> Self {
+        WebhookAdapter {
+            name,
+            url,
+            secrets,
+            filter,
+            headers,
+            client,
+            limits,
+            options,
+            disabled: false,
+            bodies: HashMap::new(),
+        }
+    }
+
+    /// The endpoint's name (its adapter name).
+    ///
+    /// See [`WebhookEndpoint`](crate::WebhookEndpoint).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The core options to register this adapter with (queue, retry policy, dead-letter hook).
+    ///
+    /// See [`WebhookBuilderExt`](crate::WebhookBuilderExt).
+    pub fn adapter_options(&self) -> AdapterOptions {
+        self.options.clone()
+    }
+
+    async fn deliver(&self, event: &Event, body: Bytes) -> Outcome {
+        if self.disabled {
+            return Outcome::Permanent(Failure::permanent(Error::Disabled));
+        }
+        if body.len() > self.limits.max_payload {
+            return Outcome::Permanent(Failure::permanent(Error::PayloadTooLarge {
+                size: body.len(),
+                limit: self.limits.max_payload,
+            }));
+        }
+        let timestamp = unix_seconds(SystemTime::now());
+        Attempt {
+            endpoint: &self.name,
+            client: &self.client,
+            url: &self.url,
+            headers: headers(event, &body, timestamp, &self.secrets, &self.headers),
+            body,
+            max_response_body: self.limits.max_response_body,
+            retry_after_cap: self.limits.retry_after_cap,
+        }
+        .send(event)
+        .await
+    }
+
+    /// Up to `concurrency` requests at once; outcomes in batch order.
+    fn deliver_concurrently<'a>(
+        &'a self,
+        events: &'a [Event],
+        bodies: Vec<Bytes>,
+    ) -> impl Future<Output = Vec<(Outcome, Bytes)>> + Send + 'a {
+        let attempts: Vec<_> = events
+            .iter()
+            .zip(bodies)
+            .map(|(event, body)| self.deliver_owned(event, body))
+            .collect();
+        futures_util::stream::iter(attempts)
+            .buffered(self.limits.concurrency)
+            .collect()
+    }
+
+    async fn deliver_owned(&self, event: &Event, body: Bytes) -> (Outcome, Bytes) {
+        (self.deliver(event, body.clone()).await, body)
+    }
+
+    fn body(&mut self, event: &Event) -> Bytes {
+        self.bodies
+            .remove(&event.id())
+            .unwrap_or_else(|| envelope(event))
+    }
+}
+
+#[async_trait]
+impl Adapter for WebhookAdapter {
+    fn interested(&self, event: &Event) -> bool {
+        self.filter.wants(event)
+    }
+
+    async fn handle_events(&mut self, events: &[Event]) -> Result<(), BatchError> {
+        let bodies: Vec<Bytes> = events.iter().map(|e| self.body(e)).collect();
+        let mut outcomes: Vec<(Outcome, Bytes)> = Vec::with_capacity(events.len());
+        if self.limits.concurrency == 1 {
+            // In order; a retried event holds back the events after it.
+            let mut pending = events.iter().zip(bodies);
+            for (event, body) in pending.by_ref() {
+                let outcome = self.deliver(event, body.clone()).await;
+                let stop = matches!(outcome, Outcome::Retry(_));
+                if matches!(outcome, Outcome::Gone(_)) {
+                    self.disable();
+                }
+                outcomes.push((outcome, body));
+                if stop {
+                    break;
+                }
+            }
+            for (_, body) in pending {
+                let held = Failure::retryable(
+                    "not sent: an earlier event to this endpoint is being retried",
+                );
+                outcomes.push((Outcome::Retry(held), body));
+            }
+        } else {
+            outcomes = self.deliver_concurrently(events, bodies).await;
+            if outcomes.iter().any(|(o, _)| matches!(o, Outcome::Gone(_))) {
+                self.disable();
+            }
+        }
+
+        let mut failures = Vec::new();
+        for (index, ((outcome, body), event)) in outcomes.into_iter().zip(events).enumerate() {
+            match outcome {
+                Outcome::Delivered => {}
+                Outcome::Retry(failure) => {
+                    self.bodies.insert(event.id(), body);
+                    failures.push((index, failure));
+                }
+                Outcome::Permanent(failure) | Outcome::Gone(failure) => {
+                    failures.push((index, failure));
+                }
+            }
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(BatchError::partial(failures))
+        }
+    }
+}
+
+impl WebhookAdapter {
+    fn disable(&mut self) {
+        if !self.disabled {
+            tracing::error!(
+                target: "emissions::webhook",
+                endpoint = %self.name,
+                url = %self.url,
+                "receiver answered 410 Gone; endpoint disabled, later events fail at once"
+            );
+        }
+        self.disabled = true;
+    }
+}

@@ -1,0 +1,78 @@
+//! Webhook delivery for `emissions`: every committed event is POSTed, signed per the
+//! [Standard Webhooks](https://www.standardwebhooks.com/) specification, to each interested
+//! endpoint — retried, SSRF-safe, and accounted for. Also a [`Verifier`] for receivers.
+//!
+//! Because the adapter runs inside the application's emissions pipeline, a webhook is only ever
+//! sent for a request that committed.
+//!
+//! # Request
+//!
+//! `POST` with `content-type: application/json` and the envelope
+//! `{"id", "type", "timestamp", "data", "metadata"}` (`data` is the event's payload, embedded as
+//! serialized at emit time). Headers: `webhook-id` (the event id, the same on every attempt, for
+//! deduplication), `webhook-timestamp` (seconds, per attempt), `webhook-signature` (`v1,` +
+//! base64 HMAC-SHA256 of `id.timestamp.body`, one per secret), `traceparent`/`tracestate` when the
+//! event carries them, and the endpoint's static headers. The body is built once per event and
+//! the signature covers exactly those bytes.
+//!
+//! # Delivery policy
+//!
+//! - **2xx** delivered. **3xx** never followed: a permanent failure. **410** disables the
+//!   endpoint: that event and every later one fail at once ([`Error::Disabled`]), reported.
+//! - **408, 429, 5xx**, connect errors and timeouts are retried on the endpoint's schedule
+//!   ([`default_retry_schedule`]: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h, jittered),
+//!   honouring `Retry-After` on 429 and 503 (capped, default 1 hour). **Other 4xx** are permanent
+//!   and go to the dead-letter hook at once, as does an event whose body exceeds the payload cap
+//!   ([`Error::PayloadTooLarge`], default 1 MiB) or whose address the SSRF guard refuses.
+//! - **Order.** With the default concurrency of 1, events reach an endpoint in commit order; a
+//!   retried event holds back those after it (they are reported as retried, not sent).
+//! - **Timeouts**: connect 5 s, whole request 15 s; at most 64 KiB of a response body is read.
+//! - After the schedule, the event goes to the dead-letter hook with the last status or error.
+//!
+//! # SSRF guard
+//!
+//! On by default ([`AddressPolicy`]): internal addresses are refused on the address actually
+//! connected to (a guarded DNS resolver; literal IPs are checked at build time), no proxy from
+//! the environment is used, redirects are never followed. Allow networks explicitly for local
+//! development.
+//!
+//! # Telemetry
+//!
+//! The core's `emissions.adapter.success` / `.error` per batch, and a `tracing` event (target
+//! `emissions::webhook`) per attempt with the status and duration.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use emissions_core::Emissions;
+//! use emissions_webhook::{WebhookBuilderExt, WebhookEndpoint};
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let emissions = Emissions::builder()
+//!     .webhook(
+//!         WebhookEndpoint::new("billing", "https://billing.example.com/hooks")
+//!             .secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+//!             .events(["order_created"]),
+//!     )?
+//!     .start()
+//!     .await?;
+//! emissions.emit_now("order_created", &serde_json::json!({"id": 1})).await?.settled().await;
+//! # Ok(()) }
+//! ```
+#![doc(test(attr(deny(warnings))))]
+
+mod adapter;
+mod endpoint;
+mod error;
+mod request_builder;
+mod service;
+mod signature;
+mod ssrf;
+
+pub use adapter::WebhookAdapter;
+pub use endpoint::{WebhookBuilderExt, WebhookEndpoint, default_retry_schedule};
+pub use error::Error;
+pub use ipnet::IpNet;
+pub use signature::{Secret, Verifier, WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP, sign};
+pub use ssrf::AddressPolicy;
