@@ -134,7 +134,8 @@ pub(crate) fn classify(status: StatusCode, retry_after: Option<Duration>, body: 
             }
             _ => Failure::retryable(error()),
         }),
-        300..=399 | 400..=499 => Outcome::Permanent(Failure::permanent(error())),
+        // 3xx (never followed) and the other 4xx.
+        300..=499 => Outcome::Permanent(Failure::permanent(error())),
         _ => Outcome::Retry(Failure::retryable(error())),
     }
 }
