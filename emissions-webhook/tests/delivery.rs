@@ -345,3 +345,33 @@ async fn two_endpoints_one_down_the_other_receives_everything() {
     assert_eq!(down.delivered + down.failed + down.dropped, 50);
     assert!(seen.lock().unwrap().contains(&names::ADAPTER_ERROR));
 }
+
+#[tokio::test]
+async fn adapter_telemetry_reports_batches_and_failures() {
+    let hooks = receiver(|n| Reply::Status(if n == 0 { 503 } else { 200 })).await;
+    let emissions = start(
+        endpoint("observed", &hooks.url).retry(RetryPolicy::schedule([Duration::from_millis(10)])),
+    )
+    .await;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    emissions.attach_observer(move |e| {
+        sink.lock().unwrap().push((e.name(), e.metadata()));
+    });
+    emissions.emit_now("a", &1).await.unwrap().settled().await;
+    let seen = seen.lock().unwrap();
+    let meta = |name: &str| -> Vec<_> {
+        seen.iter()
+            .filter(|(n, _)| *n == name)
+            .map(|(_, m)| m.clone())
+            .collect()
+    };
+    let errors = meta(names::ADAPTER_ERROR);
+    assert_eq!(errors.len(), 1);
+    assert!(errors[0].contains(&("adapter", json!("observed"))));
+    assert!(errors[0].contains(&("reason", json!("receiver answered 503: ok"))));
+    assert!(errors[0].contains(&("event_count", json!(1))));
+    let successes = meta(names::ADAPTER_SUCCESS);
+    assert_eq!(successes.len(), 1);
+    assert!(successes[0].contains(&("event_count", json!(1))));
+}

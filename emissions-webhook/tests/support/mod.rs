@@ -167,3 +167,18 @@ pub fn dead_letters() -> (Dead, impl Fn(DeadLetter) + Send + Sync + 'static) {
     };
     (dead, hook)
 }
+
+/// A bare TCP listener on loopback that counts the connections it accepts.
+pub async fn canary() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    (port, accepted)
+}
