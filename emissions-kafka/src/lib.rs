@@ -1,0 +1,44 @@
+//! Kafka delivery for `emissions`, on rdkafka's `FutureProducer`.
+//!
+//! # Records
+//!
+//! The value is the event's payload bytes as serialized at emit time ([`ValueFormat::Payload`],
+//! the default) or a JSON envelope ([`ValueFormat::Envelope`]). Headers: `event-name`,
+//! `event-id`, `event-time` (RFC 3339), `content-type: application/json`, and W3C
+//! `traceparent`/`tracestate` when the event carries them. The record timestamp is the emit time.
+//! The key is the event id by default, or a metadata or payload field ([`KeyStrategy`]) so that
+//! all events of one entity land on one partition, in order.
+//!
+//! # Delivery
+//!
+//! A batch is enqueued in order and every delivery report is awaited; the adapter reports
+//! exactly which events failed and why. A full local queue makes it wait (backpressure, not
+//! loss). Retriable broker errors are retried by librdkafka within `message.timeout.ms`
+//! (idempotent producer: no duplicates, order kept); whatever still fails — message too large,
+//! unknown topic, authorization, or a timeout ("may or may not have been written") — fails at
+//! once and goes to the dead-letter hook with the reason. A fatal producer error recreates the
+//! producer and is logged.
+//!
+//! # Shutdown
+//!
+//! After the core drains the queue, the producer is flushed within the shutdown deadline; a
+//! flush that cannot finish is reported with the number of messages still in flight (those
+//! events were already counted by the core when their batch was cut off).
+//!
+//! # Pointing it at Kafka
+//!
+//! [`KafkaEndpoint::new`] takes the bootstrap servers. The tests and examples read
+//! `EMISSIONS_KAFKA_BROKERS`; `cargo xtask broker start` runs a local Kafka-compatible broker.
+//!
+//! See [`KafkaEndpoint`] for configuration and defaults.
+#![doc(test(attr(deny(warnings))))]
+
+mod adapter;
+mod endpoint;
+mod error;
+mod request_builder;
+
+pub use adapter::KafkaAdapter;
+pub use endpoint::{DEFAULT_PROPERTIES, KafkaBuilderExt, KafkaEndpoint, KeyStrategy, ValueFormat};
+pub use error::Error;
+pub use request_builder::headers;
