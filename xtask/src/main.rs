@@ -294,6 +294,18 @@ fn ci() -> Result<(), String> {
             &[],
         ),
         (
+            "the Kafka example, against the broker",
+            &[
+                "run",
+                "--quiet",
+                "-p",
+                "emissions-examples",
+                "--bin",
+                "kafka",
+            ],
+            &services[2..],
+        ),
+        (
             "the quickstart example",
             &[
                 "run",
