@@ -280,7 +280,7 @@ async fn an_oversized_message_fails_at_once_while_others_flow() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unauthorized_or_unknown_topic_fails_within_seconds_while_others_flow() {
+async fn an_unauthorized_topic_fails_within_seconds_while_others_flow() {
     let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic("allowed", 1, 1).unwrap();
     cluster
@@ -326,12 +326,12 @@ async fn an_unauthorized_or_unknown_topic_fails_within_seconds_while_others_flow
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_bootstrap_fails_every_event_and_loses_none() {
-    let dead = Arc::new(Mutex::new(0));
+    let dead = Arc::new(Mutex::new(Vec::new()));
     let d = dead.clone();
     let endpoint = KafkaEndpoint::new("kafka", "127.0.0.1:1")
         .topic("nowhere")
         .property("message.timeout.ms", "1500")
-        .dead_letter(move |letter| *d.lock().unwrap() += letter.events.len());
+        .dead_letter(move |letter| d.lock().unwrap().push(letter.failure.to_string()));
     let emissions = Emissions::builder()
         .kafka(endpoint)
         .unwrap()
@@ -341,7 +341,14 @@ async fn an_unreachable_bootstrap_fails_every_event_and_loses_none() {
     let outcome = commit(&emissions, keyed(0..25, 5)).await.settled().await;
     let counts = outcome.adapter("kafka").unwrap();
     assert_eq!((counts.committed, counts.failed), (25, 25));
-    assert_eq!(*dead.lock().unwrap(), 25);
+    let reasons = dead.lock().unwrap().clone();
+    assert_eq!(reasons.len(), 25);
+    assert!(
+        reasons
+            .iter()
+            .all(|reason| reason.contains("may or may not have been written")),
+        "{reasons:?}"
+    );
     let report = emissions.shutdown(Duration::from_secs(5)).await;
     assert!(report.is_balanced());
 }
@@ -397,4 +404,53 @@ async fn shutdown_with_the_broker_down_ends_at_the_deadline_and_reports_everythi
     assert_eq!(kafka.counts.delivered, 5);
     assert_eq!(kafka.counts.dropped + kafka.counts.failed, 40);
     assert!(kafka.deadline_exceeded);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_topic_fails_within_seconds_while_others_flow() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("known", 1, 1).unwrap();
+    cluster
+        .topic_error(
+            "unknown",
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART,
+        )
+        .unwrap();
+    let (endpoint, _, dead) = endpoint(&cluster, "known");
+    let endpoint = endpoint
+        .destination(|e| {
+            Some(if e.name() == "lost" {
+                "unknown".into()
+            } else {
+                "known".into()
+            })
+        })
+        .property("topic.metadata.propagation.max.ms", "1000");
+    let emissions = Emissions::builder()
+        .kafka(endpoint)
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let events = vec![
+        ("found".to_owned(), "a".to_owned(), json!(1)),
+        ("lost".to_owned(), "a".to_owned(), json!(2)),
+        ("found".to_owned(), "a".to_owned(), json!(3)),
+    ];
+    let outcome = commit(&emissions, events).await.settled().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    let counts = outcome.adapter("kafka").unwrap();
+    assert_eq!((counts.delivered, counts.failed), (2, 1));
+    let dead = dead.lock().unwrap();
+    assert_eq!(dead[0].0, ["lost"]);
+    assert!(
+        dead[0].1.to_lowercase().contains("unknown"),
+        "{}",
+        dead[0].1
+    );
 }
