@@ -454,3 +454,29 @@ async fn an_unknown_topic_fails_within_seconds_while_others_flow() {
         dead[0].1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_producer_error_recreates_the_producer() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("fatal", 1, 1).unwrap();
+    let (endpoint, _, dead) = endpoint(&cluster, "fatal");
+    // With the gapless guarantee, a sequence error is fatal for an idempotent producer.
+    let endpoint = endpoint.property("enable.gapless.guarantee", "true");
+    let emissions = Emissions::builder()
+        .kafka(endpoint)
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    commit(&emissions, keyed(0..3, 1)).await.settled().await;
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER],
+    );
+    let broken = commit(&emissions, keyed(3..6, 1)).await.settled().await;
+    assert!(broken.adapter("kafka").unwrap().failed > 0, "{broken:?}");
+    assert!(!dead.lock().unwrap().is_empty());
+    // The next batch goes through a fresh producer.
+    let after = commit(&emissions, keyed(6..9, 1)).await.settled().await;
+    assert_eq!(after.adapter("kafka").unwrap().delivered, 3, "{after:?}");
+}
