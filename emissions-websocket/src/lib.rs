@@ -35,7 +35,9 @@
 //!
 //! The last events are kept in a bounded ring. A client reconnecting with
 //! `?last_event_id=<id>` first receives what it missed (as filtered by its subscription), or
-//! `{"type":"resync","reason":"gap too large"}` when the id is no longer in the ring.
+//! `{"type":"resync","reason":"gap too large"}` when the id is no longer in the ring. A client
+//! connecting with `?replay=N` first receives the last N matching events (a live page's recent
+//! history).
 //!
 //! # Telemetry
 //!

@@ -285,6 +285,7 @@ async fn accept_loop(listener: TcpListener, hub: Arc<Hub>, gate: Arc<Gate>) {
 struct Requested {
     subscription: Subscription,
     last_event_id: Option<String>,
+    replay: usize,
 }
 
 async fn connection(stream: TcpStream, peer: SocketAddr, hub: Arc<Hub>, gate: Arc<Gate>) {
@@ -318,12 +319,21 @@ async fn connection(stream: TcpStream, peer: SocketAddr, hub: Arc<Hub>, gate: Ar
         let query = request.uri().query();
         let subscription = Subscription::from_query(query)
             .map_err(|reason| refuse(StatusCode::BAD_REQUEST, &reason))?;
-        let last_event_id = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
-            .find(|(k, _)| k == "last_event_id")
-            .map(|(_, v)| v.into_owned());
+        let param = |name: &str| {
+            url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.into_owned())
+        };
+        let replay = match param("replay") {
+            Some(n) => n
+                .parse::<usize>()
+                .map_err(|_| refuse(StatusCode::BAD_REQUEST, "replay must be a number"))?,
+            None => 0,
+        };
         *learned.lock().unwrap_or_else(|e| e.into_inner()) = Requested {
             subscription,
-            last_event_id,
+            last_event_id: param("last_event_id"),
+            replay,
         };
         Ok(response)
     };
@@ -400,6 +410,17 @@ async fn serve(mut ws: WebSocketStream<TcpStream>, hub: &Hub, requested: Request
                     serde_json::json!({"reason": "gap too large", "last_event_id": last}),
                 )),
             }
+        } else if requested.replay > 0 {
+            let wanted = subscription.read().unwrap_or_else(|e| e.into_inner());
+            let recent: Vec<Message> = state
+                .ring
+                .iter()
+                .rev()
+                .filter(|f| wanted.matches(&f.name, hub.router.as_ref()))
+                .take(requested.replay)
+                .map(|f| Message::Text(f.text.clone()))
+                .collect();
+            preface.extend(recent.into_iter().rev());
         }
         state.clients.insert(
             id,

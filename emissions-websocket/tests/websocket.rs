@@ -375,6 +375,23 @@ async fn reconnecting_with_the_last_id_replays_what_was_missed_or_asks_to_resync
 }
 
 #[tokio::test]
+async fn replay_sends_the_most_recent_matching_events_first() {
+    let (emissions, handle) = start(WebSocketServer::new("ws", "127.0.0.1:0")).await;
+    emit_all(&emissions, &["a", "b", "a", "c", "a"]).await;
+    let mut ws = connect(&handle, "replay=2&events=a").await;
+    let first = next_json(&mut ws).await;
+    let second = next_json(&mut ws).await;
+    assert_eq!(
+        (first["name"].clone(), first["payload"]["seq"].clone()),
+        (json!("a"), json!(2))
+    );
+    assert_eq!(
+        (second["name"].clone(), second["payload"]["seq"].clone()),
+        (json!("a"), json!(4))
+    );
+}
+
+#[tokio::test]
 async fn shutdown_closes_clients_with_going_away() {
     let (emissions, handle) = start(WebSocketServer::new("ws", "127.0.0.1:0")).await;
     let mut ws = connect(&handle, "").await;

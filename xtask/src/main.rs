@@ -19,7 +19,7 @@ commands:
   broker start   start a local Kafka-compatible broker (tansu, in memory) in the background
                  and print the EMISSIONS_KAFKA_BROKERS value to use
   broker stop    stop it
-  ci    provisions what the tests need (a local broker unless EMISSIONS_KAFKA_BROKERS is set,  and
+  ci    provisions what the tests need (Chromium for the browser check, a local broker unless EMISSIONS_KAFKA_BROKERS is set,  and
         the Python `standardwebhooks` package, into target/python), then: fmt check, clippy (-D warnings, all targets and features), every
         test (unit, integration, property, doc) with all features and core's with none, cargo
         doc with warnings denied, and the README's main command";
@@ -230,6 +230,122 @@ fn broker_stop() -> Result<(), String> {
     }
 }
 
+/// Installs Debian's Chromium when it is missing (CI runs as root on a fresh machine).
+fn ensure_chromium() -> Result<(), String> {
+    let present = Command::new("chromium")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if present {
+        return Ok(());
+    }
+    let mut update = Command::new("apt-get");
+    update.args(["update", "-qq"]);
+    step("provision: apt-get update", update)?;
+    let mut install = Command::new("apt-get");
+    install
+        .args(["install", "-y", "-qq", "chromium", "chromium-driver"])
+        .env("DEBIAN_FRONTEND", "noninteractive");
+    step(
+        "provision: apt-get install chromium chromium-driver",
+        install,
+    )
+}
+
+/// Loads `url` in headless Chromium and returns the DOM after the page has run.
+fn dump_dom(url: &str) -> Result<String, String> {
+    let profile = std::env::temp_dir().join(format!("emissions-chromium-{}", std::process::id()));
+    let output = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(url)
+        .stderr(Stdio::null())
+        .output()
+        .map_err(|e| format!("could not run chromium: {e}"))?;
+    let _ = std::fs::remove_dir_all(&profile);
+    if !output.status.success() {
+        return Err(format!("chromium exited with {}", output.status));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Runs the live-page example and checks in headless Chromium that the page loads, connects,
+/// shows the events the example commits, and honours a subscription filter.
+fn browser_check() -> Result<(), String> {
+    use std::io::{BufRead, BufReader};
+    ensure_chromium()?;
+    println!("\n==> browser check: the live WebSocket page in headless Chromium");
+    let mut example = cargo()
+        .args([
+            "run",
+            "--quiet",
+            "-p",
+            "emissions-examples",
+            "--bin",
+            "websocket",
+            "--",
+            "--for",
+            "60",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("could not start the websocket example: {e}"))?;
+    let result = (|| {
+        let stdout = example.stdout.take().ok_or("no stdout")?;
+        let mut first = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut first)
+            .map_err(|e| e.to_string())?;
+        let url = first
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .ok_or_else(|| format!("no page URL in {first:?}"))?
+            .to_owned();
+        // Let the simulated order flow commit a few orders.
+        std::thread::sleep(Duration::from_secs(3));
+        let dom = dump_dom(&url)?;
+        let shown = dom.matches("<li class=\"event\"").count();
+        if !dom.contains("id=\"status\" class=\"connected\"") {
+            return Err("the page did not connect".to_owned());
+        }
+        if shown < 3 || !dom.contains("data-name=\"order_created\"") {
+            return Err(format!(
+                "the page shows {shown} events; expected the committed orders"
+            ));
+        }
+        let filtered = dump_dom(&format!("{url}?filter=order_shipped"))?;
+        let all = filtered.matches("<li class=\"event\"").count();
+        let shipped = filtered
+            .matches("<li class=\"event\" data-name=\"order_shipped\"")
+            .count();
+        if shipped == 0 || shipped != all {
+            return Err(format!(
+                "filtered page shows {all} events, {shipped} of them order_shipped"
+            ));
+        }
+        println!(
+            "browser check: page connected, {shown} events shown; filtered page shows {shipped} order_shipped only"
+        );
+        Ok(())
+    })();
+    let _ = example.kill();
+    let _ = example.wait();
+    result
+}
+
 fn ci() -> Result<(), String> {
     let root = workspace_root();
     let python = provision_python(&root)?;
@@ -326,6 +442,7 @@ fn ci() -> Result<(), String> {
         }
         step(name, command)?;
     }
+    browser_check()?;
     println!("\nxtask ci: all steps passed");
     Ok(())
 }
