@@ -392,6 +392,21 @@ async fn replay_sends_the_most_recent_matching_events_first() {
 }
 
 #[tokio::test]
+async fn a_stalled_handshake_is_cut_at_the_timeout() {
+    use tokio::io::AsyncReadExt;
+    let (_emissions, handle) = start(
+        WebSocketServer::new("ws", "127.0.0.1:0").handshake_timeout(Duration::from_millis(300)),
+    )
+    .await;
+    let mut raw = TcpStream::connect(handle.local_addr()).await.unwrap();
+    // Never send the upgrade request: the server must hang up on its own.
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(10), raw.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+    assert_eq!(handle.stats().rejected, 1);
+}
+
+#[tokio::test]
 async fn shutdown_closes_clients_with_going_away() {
     let (emissions, handle) = start(WebSocketServer::new("ws", "127.0.0.1:0")).await;
     let mut ws = connect(&handle, "").await;
