@@ -2,15 +2,29 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::sync::Arc;
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
-use uuid::Uuid;
+use uuid::timestamp::context::ContextV7;
+use uuid::{Timestamp, Uuid};
 
 use crate::Error;
+
+/// Process-wide UUID v7 counter: ids stay strictly increasing within a millisecond.
+static ID_CONTEXT: Mutex<ContextV7> = Mutex::new(ContextV7::new());
+
+fn time_ordered_id(at: SystemTime) -> Uuid {
+    let since_epoch = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let context = ID_CONTEXT.lock().unwrap_or_else(|e| e.into_inner());
+    Uuid::new_v7(Timestamp::from_unix(
+        &*context,
+        since_epoch.as_secs(),
+        since_epoch.subsec_nanos(),
+    ))
+}
 
 /// Event metadata: string keys to JSON values.
 pub type Metadata = serde_json::Map<String, serde_json::Value>;
@@ -80,13 +94,15 @@ impl Event {
         };
         #[cfg(feature = "opentelemetry")]
         crate::otel::capture_current(&mut metadata);
+        // One clock read serves both the id and the emit time.
+        let emitted_at = SystemTime::now();
         Ok(Event {
             inner: Arc::new(EventInner {
-                id: Uuid::now_v7(),
+                id: time_ordered_id(emitted_at),
                 name,
                 payload,
                 metadata,
-                emitted_at: SystemTime::now(),
+                emitted_at,
             }),
         })
     }
@@ -228,6 +244,20 @@ mod tests {
             Event::new("", &1, Metadata::new()),
             Err(Error::EmptyName)
         ));
+    }
+
+    #[test]
+    fn ids_increase_strictly_and_carry_the_emit_time() {
+        let events: Vec<Event> = (0..1000)
+            .map(|i| Event::new("x", &i, Metadata::new()).unwrap())
+            .collect();
+        for pair in events.windows(2) {
+            assert!(pair[0].id() < pair[1].id());
+        }
+        let e = &events[0];
+        let (secs, _) = e.id().get_timestamp().unwrap().to_unix();
+        let emitted = e.emitted_at().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        assert!(secs.abs_diff(emitted) <= 1);
     }
 
     #[test]

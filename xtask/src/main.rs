@@ -16,6 +16,8 @@ const BROKERS_VAR: &str = "EMISSIONS_KAFKA_BROKERS";
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
+  bench          run the benchmarks (ratios against raw substrates, same run) and write the
+                 tables into BENCHMARKS.md
   broker start   start a local Kafka-compatible broker (tansu, in memory) in the background
                  and print the EMISSIONS_KAFKA_BROKERS value to use
   broker stop    stop it
@@ -28,6 +30,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
+        Some("bench") => bench(),
         Some("broker") => match args.get(1).map(String::as_str) {
             Some("start") => broker_start(),
             Some("stop") => broker_stop(),
@@ -344,6 +347,94 @@ fn browser_check() -> Result<(), String> {
     let _ = example.kill();
     let _ = example.wait();
     result
+}
+
+/// The point estimate (ns) criterion stored for one benchmark.
+fn criterion_mean_ns(root: &Path, group: &str, id: &str) -> Result<f64, String> {
+    let path = root
+        .join("target/criterion")
+        .join(group)
+        .join(id)
+        .join("new/estimates.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let marker = "\"mean\":";
+    let at = text.find(marker).ok_or("no mean in estimates")? + marker.len();
+    let rest = &text[at..];
+    let key = "\"point_estimate\":";
+    let from = rest.find(key).ok_or("no point estimate")? + key.len();
+    let number: String = rest[from..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '-' | '+'))
+        .collect();
+    number.parse().map_err(|e| format!("{number:?}: {e}"))
+}
+
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| {
+                    l.split_whitespace()
+                        .nth(1)
+                        .and_then(|kb| kb.parse::<u64>().ok())
+                })
+        })
+        .map_or_else(
+            || "?".to_owned(),
+            |kb| format!("{:.0} GiB", kb as f64 / 1_048_576.0),
+        );
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    format!("{cores} cores, {memory} memory, {date}")
+}
+
+fn bench() -> Result<(), String> {
+    let root = workspace_root();
+    let mut per_request = cargo();
+    per_request.args(["bench", "-p", "emissions-core", "--bench", "per_request"]);
+    step("bench: per-request cost (criterion)", per_request)?;
+    let mut fanout = cargo();
+    fanout.args(["bench", "-p", "emissions-core", "--bench", "fanout"]);
+    step("bench: pipeline fan-out", fanout)?;
+
+    let serialize = criterion_mean_ns(&root, "per_request", "serde_json_to_vec_x5")?;
+    let bare = criterion_mean_ns(&root, "per_request", "start_emit5_commit_no_adapter")?;
+    let one = criterion_mean_ns(&root, "per_request", "start_emit5_commit_one_adapter")?;
+    let results = root.join("target/bench-results");
+    let allocations =
+        std::fs::read_to_string(results.join("allocations.json")).map_err(|e| e.to_string())?;
+    let fanout = std::fs::read_to_string(results.join("fanout.md")).map_err(|e| e.to_string())?;
+    let tables = format!(
+        "Machine: {machine}. Command: `cargo xtask bench`.\n\n\
+         ### Per-request cost (criterion, mean)\n\n\
+         | measurement | time | ratio to serializing alone (target ≤ 1.5) |\n|---|---:|---:|\n\
+         | `serde_json::to_vec` × 5 (baseline) | {serialize:.0} ns | 1.00 |\n\
+         | start + 5 × emit + commit, no adapter | {bare:.0} ns | {:.2} |\n\
+         | start + 5 × emit + commit, one no-op adapter | {one:.0} ns | {:.2} |\n\n\
+         Allocations: `{allocations}`\n\n\
+         ### Pipeline fan-out (commits of 5, queue 10 000, max_demand 50; target ≥ 0.5 × flume, 0 lost)\n\n{fanout}",
+        bare / serialize,
+        one / serialize,
+        machine = machine(),
+    );
+    let path = root.join("BENCHMARKS.md");
+    let existing = std::fs::read_to_string(&path).unwrap_or_default();
+    let (begin, end) = ("<!-- bench:begin -->", "<!-- bench:end -->");
+    let updated = match (existing.find(begin), existing.find(end)) {
+        (Some(b), Some(e)) if b < e => {
+            format!("{}{begin}\n{tables}\n{}", &existing[..b], &existing[e..])
+        }
+        _ => format!("# Benchmarks\n\n{begin}\n{tables}\n{end}\n"),
+    };
+    std::fs::write(&path, updated).map_err(|e| e.to_string())?;
+    println!("\n{tables}\nwrote {}", path.display());
+    Ok(())
 }
 
 fn ci() -> Result<(), String> {

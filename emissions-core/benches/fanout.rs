@@ -1,0 +1,260 @@
+//! End-to-end fan-out: commits of 5 events through emissions to 1, 3 and 8 no-op adapters,
+//! against a hand-wired flume fan-out with the same batching (the practical limit),
+//! `tokio::sync::broadcast` (counting what it loses to lag) and `async-broadcast`.
+//!
+//! Run: `cargo bench -p emissions-core --bench fanout` (or `cargo xtask bench`).
+//! `BENCH_EVENTS` sets the events per run (default 1 000 000).
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use emissions_core::{
+    Adapter, AdapterOptions, BatchError, Emissions, Event, Metadata, OverflowPolicy, async_trait,
+};
+use serde::Serialize;
+
+const COMMIT: usize = 5;
+const CAPACITY: usize = 10_000;
+const MAX_DEMAND: usize = 50;
+
+#[derive(Serialize)]
+struct Tick {
+    seq: u64,
+    sku: &'static str,
+}
+
+struct Counting(Arc<AtomicU64>);
+
+#[async_trait]
+impl Adapter for Counting {
+    async fn handle_events(&mut self, events: &[Event]) -> Result<(), BatchError> {
+        self.0.fetch_add(events.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+struct Run {
+    secs: f64,
+    lost: u64,
+}
+
+async fn emissions(adapters: usize, events: u64) -> Run {
+    let counters: Vec<Arc<AtomicU64>> = (0..adapters).map(|_| Arc::default()).collect();
+    let mut builder = Emissions::builder();
+    for (i, counter) in counters.iter().enumerate() {
+        builder = builder.adapter_with(
+            format!("a{i}"),
+            Counting(counter.clone()),
+            AdapterOptions::default()
+                .capacity(CAPACITY)
+                .max_demand(MAX_DEMAND)
+                .overflow(OverflowPolicy::Block),
+        );
+    }
+    let emissions = builder.start().await.unwrap();
+    let started = Instant::now();
+    let mut seq = 0;
+    while seq < events {
+        let buffer = emissions.start();
+        for _ in 0..COMMIT {
+            buffer.emit("tick", &Tick { seq, sku: "w-1" }).unwrap();
+            seq += 1;
+        }
+        buffer.commit().await.unwrap();
+    }
+    emissions.settled().await;
+    let secs = started.elapsed().as_secs_f64();
+    let report = emissions.shutdown(Duration::from_secs(10)).await;
+    let delivered: u64 = counters.iter().map(|c| c.load(Ordering::Relaxed)).sum();
+    assert!(report.is_balanced());
+    Run {
+        secs,
+        lost: events * adapters as u64 - delivered,
+    }
+}
+
+fn event(seq: u64) -> Event {
+    Event::new("tick", &Tick { seq, sku: "w-1" }, Metadata::new()).unwrap()
+}
+
+async fn flume(adapters: usize, events: u64) -> Run {
+    let mut senders = Vec::new();
+    let mut consumers = Vec::new();
+    for _ in 0..adapters {
+        let (tx, rx) = flume::bounded::<Event>(CAPACITY);
+        senders.push(tx);
+        consumers.push(tokio::spawn(async move {
+            let mut seen = 0u64;
+            let mut batch = Vec::with_capacity(MAX_DEMAND);
+            while let Ok(first) = rx.recv_async().await {
+                batch.push(first);
+                while batch.len() < MAX_DEMAND {
+                    match rx.try_recv() {
+                        Ok(e) => batch.push(e),
+                        Err(_) => break,
+                    }
+                }
+                seen += batch.len() as u64;
+                black_box(&batch);
+                batch.clear();
+            }
+            seen
+        }));
+    }
+    let started = Instant::now();
+    let mut seq = 0;
+    while seq < events {
+        let commit: Vec<Event> = (0..COMMIT as u64).map(|i| event(seq + i)).collect();
+        seq += COMMIT as u64;
+        for tx in &senders {
+            for e in &commit {
+                tx.send_async(e.clone()).await.unwrap();
+            }
+        }
+    }
+    drop(senders);
+    let mut delivered = 0;
+    for c in consumers {
+        delivered += c.await.unwrap();
+    }
+    Run {
+        secs: started.elapsed().as_secs_f64(),
+        lost: events * adapters as u64 - delivered,
+    }
+}
+
+async fn tokio_broadcast(adapters: usize, events: u64) -> Run {
+    let (tx, _) = tokio::sync::broadcast::channel::<Event>(CAPACITY);
+    let mut consumers = Vec::new();
+    for _ in 0..adapters {
+        let mut rx = tx.subscribe();
+        consumers.push(tokio::spawn(async move {
+            let mut seen = 0u64;
+            loop {
+                match rx.recv().await {
+                    Ok(e) => {
+                        black_box(&e);
+                        seen += 1;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+            seen
+        }));
+    }
+    let started = Instant::now();
+    let mut seq = 0;
+    while seq < events {
+        for i in 0..COMMIT as u64 {
+            let _ = tx.send(event(seq + i));
+        }
+        seq += COMMIT as u64;
+        // Let receivers run now and then, as a request handler would.
+        if seq % 1000 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    drop(tx);
+    let mut delivered = 0;
+    for c in consumers {
+        delivered += c.await.unwrap();
+    }
+    Run {
+        secs: started.elapsed().as_secs_f64(),
+        lost: events * adapters as u64 - delivered,
+    }
+}
+
+async fn async_broadcast(adapters: usize, events: u64) -> Run {
+    let (tx, rx) = async_broadcast::broadcast::<Event>(CAPACITY);
+    let mut consumers = Vec::new();
+    for _ in 0..adapters {
+        let mut rx = rx.clone();
+        consumers.push(tokio::spawn(async move {
+            let mut seen = 0u64;
+            while let Ok(e) = rx.recv().await {
+                black_box(&e);
+                seen += 1;
+            }
+            seen
+        }));
+    }
+    drop(rx);
+    let started = Instant::now();
+    let mut seq = 0;
+    while seq < events {
+        for i in 0..COMMIT as u64 {
+            tx.broadcast(event(seq + i)).await.unwrap();
+        }
+        seq += COMMIT as u64;
+    }
+    drop(tx);
+    let mut delivered = 0;
+    for c in consumers {
+        delivered += c.await.unwrap();
+    }
+    Run {
+        secs: started.elapsed().as_secs_f64(),
+        lost: events * adapters as u64 - delivered,
+    }
+}
+
+fn main() {
+    // `cargo test --benches` runs bench targets with `--test`-like args; do a tiny run then.
+    let quick = std::env::args().any(|a| a == "--test" || a == "--list");
+    let events: u64 = std::env::var("BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if quick { 10_000 } else { 1_000_000 });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut table = String::from(
+        "| adapters | implementation | events/s per adapter | ratio to hand-wired flume | events lost |\n|---:|---|---:|---:|---:|\n",
+    );
+    for adapters in [1usize, 3, 8] {
+        let limit = rt.block_on(flume(adapters, events));
+        let runs = [
+            ("hand-wired flume fan-out", limit),
+            (
+                "**emissions** (block policy)",
+                rt.block_on(emissions(adapters, events)),
+            ),
+            (
+                "tokio::sync::broadcast",
+                rt.block_on(tokio_broadcast(adapters, events)),
+            ),
+            (
+                "async-broadcast",
+                rt.block_on(async_broadcast(adapters, events)),
+            ),
+        ];
+        // Delivered events per second per adapter (events lost to lag do not count).
+        let rate_of =
+            |run: &Run| (events * adapters as u64 - run.lost) as f64 / adapters as f64 / run.secs;
+        let limit_rate = rate_of(&runs[0].1);
+        for (name, run) in &runs {
+            let rate = rate_of(run);
+            table.push_str(&format!(
+                "| {adapters} | {name} | {:.0} | {:.2} | {} |\n",
+                rate,
+                rate / limit_rate,
+                run.lost
+            ));
+        }
+    }
+    println!("{table}");
+    if !quick {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-results");
+        let _ = std::fs::create_dir_all(&dir);
+        let _ = std::fs::write(
+            dir.join("fanout.md"),
+            format!("{events} events per run.\n\n{table}"),
+        );
+    }
+}
