@@ -405,6 +405,9 @@ fn bench() -> Result<(), String> {
     let mut latency = cargo();
     latency.args(["bench", "-p", "emissions-core", "--bench", "latency_memory"]);
     step("bench: latency and memory", latency)?;
+    let mut webhook = cargo();
+    webhook.args(["bench", "-p", "emissions-webhook", "--bench", "webhook"]);
+    step("bench: webhook adapter vs bare reqwest", webhook)?;
 
     let serialize = criterion_mean_ns(&root, "per_request", "serde_json_to_vec_x5")?;
     let bare = criterion_mean_ns(&root, "per_request", "start_emit5_commit_no_adapter")?;
@@ -415,6 +418,7 @@ fn bench() -> Result<(), String> {
     let fanout = std::fs::read_to_string(results.join("fanout.md")).map_err(|e| e.to_string())?;
     let latency =
         std::fs::read_to_string(results.join("latency_memory.md")).map_err(|e| e.to_string())?;
+    let webhook = std::fs::read_to_string(results.join("webhook.md")).map_err(|e| e.to_string())?;
     let tables = format!(
         "Machine: {machine}. Command: `cargo xtask bench`.\n\n\
          ### Per-request cost (criterion, mean)\n\n\
@@ -424,7 +428,8 @@ fn bench() -> Result<(), String> {
          | start + 5 × emit + commit, one no-op adapter | {one:.0} ns | {:.2} |\n\n\
          Allocations: `{allocations}`\n\n\
          ### Pipeline fan-out (commits of 5, queue 10 000, max_demand 50; target ≥ 0.5 × flume, 0 lost)\n\n{fanout}\n\
-         ### Latency and memory\n\n{latency}",
+         ### Latency and memory\n\n{latency}\n\
+         ### Webhook adapter vs a bare reqwest loop (same local receiver, same concurrency)\n\n{webhook}",
         bare / serialize,
         one / serialize,
         machine = machine(),
