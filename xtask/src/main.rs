@@ -408,6 +408,22 @@ fn bench() -> Result<(), String> {
     let mut webhook = cargo();
     webhook.args(["bench", "-p", "emissions-webhook", "--bench", "webhook"]);
     step("bench: webhook adapter vs bare reqwest", webhook)?;
+    {
+        // The Kafka comparison needs a broker: a local one unless one is given.
+        let (_broker, brokers) = match std::env::var(BROKERS_VAR) {
+            Ok(brokers) => (None, brokers),
+            Err(_) => {
+                let broker = start_broker(&root)?;
+                let address = broker.address.clone();
+                (Some(broker), address)
+            }
+        };
+        let mut kafka = cargo();
+        kafka
+            .args(["bench", "-p", "emissions-kafka", "--bench", "kafka"])
+            .env(BROKERS_VAR, &brokers);
+        step("bench: Kafka adapter vs bare FutureProducer", kafka)?;
+    }
 
     let serialize = criterion_mean_ns(&root, "per_request", "serde_json_to_vec_x5")?;
     let bare = criterion_mean_ns(&root, "per_request", "start_emit5_commit_no_adapter")?;
@@ -419,6 +435,7 @@ fn bench() -> Result<(), String> {
     let latency =
         std::fs::read_to_string(results.join("latency_memory.md")).map_err(|e| e.to_string())?;
     let webhook = std::fs::read_to_string(results.join("webhook.md")).map_err(|e| e.to_string())?;
+    let kafka = std::fs::read_to_string(results.join("kafka.md")).map_err(|e| e.to_string())?;
     let tables = format!(
         "Machine: {machine}. Command: `cargo xtask bench`.\n\n\
          ### Per-request cost (criterion, mean)\n\n\
@@ -429,7 +446,8 @@ fn bench() -> Result<(), String> {
          Allocations: `{allocations}`\n\n\
          ### Pipeline fan-out (commits of 5, queue 10 000, max_demand 50; target ≥ 0.5 × flume, 0 lost)\n\n{fanout}\n\
          ### Latency and memory\n\n{latency}\n\
-         ### Webhook adapter vs a bare reqwest loop (same local receiver, same concurrency)\n\n{webhook}",
+         ### Webhook adapter vs a bare reqwest loop (same local receiver, same concurrency)\n\n{webhook}\n\
+         ### Kafka adapter vs a bare `FutureProducer` (same broker, same records; block policy)\n\n{kafka}",
         bare / serialize,
         one / serialize,
         machine = machine(),

@@ -1,0 +1,157 @@
+//! The Kafka adapter against a bare rdkafka `FutureProducer` sending the same records (topic,
+//! key, payload, headers, idempotent defaults) to the same broker in the same run.
+//!
+//! Needs `EMISSIONS_KAFKA_BROKERS` (`cargo xtask bench` starts a local broker).
+
+use std::time::{Duration, Instant};
+
+use emissions_core::{AdapterOptions, Emissions, Metadata, OverflowPolicy};
+use emissions_kafka::{DEFAULT_PROPERTIES, KafkaBuilderExt, KafkaEndpoint};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+fn payload(i: usize) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({"order": i % 100, "seq": i, "sku": "w-1"})).unwrap()
+}
+
+async fn create_topic(brokers: &str, topic: &str) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    for result in admin
+        .create_topics(
+            &[NewTopic::new(topic, 8, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap()
+    {
+        result.unwrap();
+    }
+}
+
+async fn bare(brokers: &str, topic: &str, events: usize) -> f64 {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    for (k, v) in DEFAULT_PROPERTIES {
+        config.set(*k, *v);
+    }
+    let producer: FutureProducer = config.create().unwrap();
+    let started = Instant::now();
+    for chunk in (0..events).collect::<Vec<_>>().chunks(500) {
+        let mut pending = Vec::with_capacity(chunk.len());
+        for &i in chunk {
+            let key = format!("order-{}", i % 100);
+            let value = payload(i);
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: "event-name",
+                    value: Some("order_step"),
+                })
+                .insert(Header {
+                    key: "content-type",
+                    value: Some("application/json"),
+                });
+            loop {
+                let record = FutureRecord::to(topic)
+                    .key(&key)
+                    .payload(&value)
+                    .headers(headers.clone());
+                match producer.send_result(record) {
+                    Ok(delivery) => break pending.push(delivery),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+                }
+            }
+        }
+        for delivery in pending {
+            delivery.await.unwrap().unwrap();
+        }
+    }
+    events as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn adapter(brokers: &str, topic: &str, events: usize) -> f64 {
+    let emissions = Emissions::builder()
+        .kafka(
+            KafkaEndpoint::new("kafka", brokers)
+                .topic(topic)
+                .key_from_metadata("order_id")
+                // Lossless, as the bare producer: wait for room instead of dropping.
+                .queue(
+                    AdapterOptions::default()
+                        .max_demand(500)
+                        .overflow(OverflowPolicy::Block),
+                ),
+        )
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut i = 0;
+    while i < events {
+        let buffer = emissions.start();
+        for _ in 0..5 {
+            let mut meta = Metadata::new();
+            meta.insert("order_id".into(), format!("order-{}", i % 100).into());
+            buffer
+                .emit_with_metadata(
+                    "order_step",
+                    &serde_json::json!({"order": i % 100, "seq": i, "sku": "w-1"}),
+                    meta,
+                )
+                .unwrap();
+            i += 1;
+        }
+        buffer.commit().await.unwrap();
+    }
+    emissions.settled().await;
+    let rate = events as f64 / started.elapsed().as_secs_f64();
+    let report = emissions.shutdown(Duration::from_secs(30)).await;
+    let counts = report.adapter("kafka").unwrap().counts;
+    assert_eq!(counts.delivered, events as u64, "{counts:?}");
+    rate
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--test" || a == "--list");
+    let Ok(brokers) = std::env::var("EMISSIONS_KAFKA_BROKERS") else {
+        if quick {
+            return;
+        }
+        panic!("EMISSIONS_KAFKA_BROKERS is not set: `cargo xtask bench` starts a broker");
+    };
+    let events = if quick { 1_000 } else { 100_000 };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (baseline, ours) = rt.block_on(async {
+        let run = std::process::id();
+        let (a, b) = (format!("bench-bare-{run}"), format!("bench-adapter-{run}"));
+        create_topic(&brokers, &a).await;
+        create_topic(&brokers, &b).await;
+        (
+            bare(&brokers, &a, events).await,
+            adapter(&brokers, &b, events).await,
+        )
+    });
+    let table = format!(
+        "{events} events, 100 keys, 8 partitions, idempotent producer.\n\n\
+         | implementation | events/s | ratio (target ≥ 0.9) |\n|---|---:|---:|\n\
+         | bare `FutureProducer` | {baseline:.0} | 1.00 |\n\
+         | Kafka adapter | {ours:.0} | {:.2} |\n",
+        ours / baseline
+    );
+    println!("{table}");
+    if !quick {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-results");
+        let _ = std::fs::create_dir_all(&dir);
+        let _ = std::fs::write(dir.join("kafka.md"), table);
+    }
+}
