@@ -23,6 +23,7 @@ const MAX_DEMAND: usize = 50;
 struct Tick {
     seq: u64,
     sku: &'static str,
+    pad: &'static str,
 }
 
 struct Counting(Arc<AtomicU64>);
@@ -40,7 +41,7 @@ struct Run {
     lost: u64,
 }
 
-async fn emissions(adapters: usize, events: u64) -> Run {
+async fn emissions(adapters: usize, events: u64, pad: &'static str) -> Run {
     let counters: Vec<Arc<AtomicU64>> = (0..adapters).map(|_| Arc::default()).collect();
     let mut builder = Emissions::builder();
     for (i, counter) in counters.iter().enumerate() {
@@ -59,7 +60,16 @@ async fn emissions(adapters: usize, events: u64) -> Run {
     while seq < events {
         let buffer = emissions.start();
         for _ in 0..COMMIT {
-            buffer.emit("tick", &Tick { seq, sku: "w-1" }).unwrap();
+            buffer
+                .emit(
+                    "tick",
+                    &Tick {
+                        seq,
+                        sku: "w-1",
+                        pad,
+                    },
+                )
+                .unwrap();
             seq += 1;
         }
         buffer.commit().await.unwrap();
@@ -75,11 +85,20 @@ async fn emissions(adapters: usize, events: u64) -> Run {
     }
 }
 
-fn event(seq: u64) -> Event {
-    Event::new("tick", &Tick { seq, sku: "w-1" }, Metadata::new()).unwrap()
+fn event(seq: u64, pad: &'static str) -> Event {
+    Event::new(
+        "tick",
+        &Tick {
+            seq,
+            sku: "w-1",
+            pad,
+        },
+        Metadata::new(),
+    )
+    .unwrap()
 }
 
-async fn flume(adapters: usize, events: u64) -> Run {
+async fn flume(adapters: usize, events: u64, pad: &'static str) -> Run {
     let mut senders = Vec::new();
     let mut consumers = Vec::new();
     for _ in 0..adapters {
@@ -106,7 +125,7 @@ async fn flume(adapters: usize, events: u64) -> Run {
     let started = Instant::now();
     let mut seq = 0;
     while seq < events {
-        let commit: Vec<Event> = (0..COMMIT as u64).map(|i| event(seq + i)).collect();
+        let commit: Vec<Event> = (0..COMMIT as u64).map(|i| event(seq + i, pad)).collect();
         seq += COMMIT as u64;
         for tx in &senders {
             for e in &commit {
@@ -125,7 +144,7 @@ async fn flume(adapters: usize, events: u64) -> Run {
     }
 }
 
-async fn tokio_broadcast(adapters: usize, events: u64) -> Run {
+async fn tokio_broadcast(adapters: usize, events: u64, pad: &'static str) -> Run {
     let (tx, _) = tokio::sync::broadcast::channel::<Event>(CAPACITY);
     let mut consumers = Vec::new();
     for _ in 0..adapters {
@@ -149,7 +168,7 @@ async fn tokio_broadcast(adapters: usize, events: u64) -> Run {
     let mut seq = 0;
     while seq < events {
         for i in 0..COMMIT as u64 {
-            let _ = tx.send(event(seq + i));
+            let _ = tx.send(event(seq + i, pad));
         }
         seq += COMMIT as u64;
         // Let receivers run now and then, as a request handler would.
@@ -168,7 +187,7 @@ async fn tokio_broadcast(adapters: usize, events: u64) -> Run {
     }
 }
 
-async fn async_broadcast(adapters: usize, events: u64) -> Run {
+async fn async_broadcast(adapters: usize, events: u64, pad: &'static str) -> Run {
     let (tx, rx) = async_broadcast::broadcast::<Event>(CAPACITY);
     let mut consumers = Vec::new();
     for _ in 0..adapters {
@@ -187,7 +206,7 @@ async fn async_broadcast(adapters: usize, events: u64) -> Run {
     let mut seq = 0;
     while seq < events {
         for i in 0..COMMIT as u64 {
-            tx.broadcast(event(seq + i)).await.unwrap();
+            tx.broadcast(event(seq + i, pad)).await.unwrap();
         }
         seq += COMMIT as u64;
     }
@@ -218,20 +237,20 @@ fn main() {
         "| adapters | implementation | events/s per adapter | ratio to hand-wired flume | events lost |\n|---:|---|---:|---:|---:|\n",
     );
     for adapters in [1usize, 3, 8] {
-        let limit = rt.block_on(flume(adapters, events));
+        let limit = rt.block_on(flume(adapters, events, ""));
         let runs = [
             ("hand-wired flume fan-out", limit),
             (
                 "**emissions** (block policy)",
-                rt.block_on(emissions(adapters, events)),
+                rt.block_on(emissions(adapters, events, "")),
             ),
             (
                 "tokio::sync::broadcast",
-                rt.block_on(tokio_broadcast(adapters, events)),
+                rt.block_on(tokio_broadcast(adapters, events, "")),
             ),
             (
                 "async-broadcast",
-                rt.block_on(async_broadcast(adapters, events)),
+                rt.block_on(async_broadcast(adapters, events, "")),
             ),
         ];
         // Delivered events per second per adapter (events lost to lag do not count).
@@ -248,6 +267,22 @@ fn main() {
             ));
         }
     }
+    // Payload size scaling, one adapter: emissions against the hand-wired limit.
+    let mut sizes = String::from(
+        "| payload | hand-wired flume events/s | emissions events/s | ratio |\n|---:|---:|---:|---:|\n",
+    );
+    for size in [100usize, 1_000, 10_000] {
+        // Tick without padding serializes to ~40 bytes; pad up to the target size.
+        let padding = "p".repeat(size.saturating_sub(40));
+        // Spawned tasks need 'static data: leak one string per size (three in all).
+        let padding: &'static str = Box::leak(padding.into_boxed_str());
+        let n = events / 4;
+        let limit = rt.block_on(flume(1, n, padding));
+        let ours = rt.block_on(emissions(1, n, padding));
+        let (a, b) = (n as f64 / limit.secs, n as f64 / ours.secs);
+        sizes.push_str(&format!("| {size} B | {a:.0} | {b:.0} | {:.2} |\n", b / a));
+    }
+    let table = format!("{table}\n**Payload size (1 adapter):**\n\n{sizes}");
     println!("{table}");
     if !quick {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-results");
