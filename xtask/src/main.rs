@@ -408,6 +408,12 @@ fn bench() -> Result<(), String> {
     let mut webhook = cargo();
     webhook.args(["bench", "-p", "emissions-webhook", "--bench", "webhook"]);
     step("bench: webhook adapter vs bare reqwest", webhook)?;
+    let mut websocket = cargo();
+    websocket.args(["bench", "-p", "emissions-websocket", "--bench", "websocket"]);
+    step(
+        "bench: WebSocket adapter vs bare broadcast, 1 000 clients",
+        websocket,
+    )?;
     {
         // The Kafka comparison needs a broker: a local one unless one is given.
         let (_broker, brokers) = match std::env::var(BROKERS_VAR) {
@@ -436,6 +442,8 @@ fn bench() -> Result<(), String> {
         std::fs::read_to_string(results.join("latency_memory.md")).map_err(|e| e.to_string())?;
     let webhook = std::fs::read_to_string(results.join("webhook.md")).map_err(|e| e.to_string())?;
     let kafka = std::fs::read_to_string(results.join("kafka.md")).map_err(|e| e.to_string())?;
+    let websocket =
+        std::fs::read_to_string(results.join("websocket.md")).map_err(|e| e.to_string())?;
     let tables = format!(
         "Machine: {machine}. Command: `cargo xtask bench`.\n\n\
          ### Per-request cost (criterion, mean)\n\n\
@@ -447,7 +455,8 @@ fn bench() -> Result<(), String> {
          ### Pipeline fan-out (commits of 5, queue 10 000, max_demand 50; target ≥ 0.5 × flume, 0 lost)\n\n{fanout}\n\
          ### Latency and memory\n\n{latency}\n\
          ### Webhook adapter vs a bare reqwest loop (same local receiver, same concurrency)\n\n{webhook}\n\
-         ### Kafka adapter vs a bare `FutureProducer` (same broker, same records; block policy)\n\n{kafka}",
+         ### Kafka adapter vs a bare `FutureProducer` (same broker, same records; block policy)\n\n{kafka}\n\
+         ### WebSocket adapter vs a bare tokio-tungstenite broadcast\n\n{websocket}",
         bare / serialize,
         one / serialize,
         machine = machine(),

@@ -1,0 +1,197 @@
+//! Fan-out to 1 000 WebSocket clients: the adapter against a bare tokio-tungstenite server that
+//! forwards a `tokio::sync::broadcast` channel to every connection, same clients, same frames'
+//! size; throughput and publish → receive latency (p50/p99).
+//!
+//! Run: `cargo bench -p emissions-websocket --bench websocket` (or `cargo xtask bench`).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use emissions_core::{AdapterOptions, Emissions, OverflowPolicy};
+use emissions_websocket::WebSocketServer;
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+/// Connects `clients` readers; each reads `events` frames carrying `"t":<µs>` and returns the
+/// latencies it saw. Returns once every client is connected (and has seen a first frame count 0).
+async fn readers(
+    addr: SocketAddr,
+    clients: usize,
+    events: usize,
+) -> Vec<tokio::task::JoinHandle<Vec<u64>>> {
+    let mut handles = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
+            .await
+            .unwrap();
+        handles.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(events);
+            while latencies.len() < events {
+                match ws.next().await {
+                    Some(Ok(Message::Text(text))) => {
+                        let received = now_micros();
+                        let at = text.find("\"t\":").expect("timestamp") + 4;
+                        let sent: u64 = text[at..]
+                            .chars()
+                            .take_while(char::is_ascii_digit)
+                            .collect::<String>()
+                            .parse()
+                            .unwrap();
+                        latencies.push(received.saturating_sub(sent));
+                    }
+                    Some(Ok(_)) => {}
+                    _ => break,
+                }
+            }
+            latencies
+        }));
+    }
+    handles
+}
+
+struct Run {
+    secs: f64,
+    delivered: usize,
+    p50: u64,
+    p99: u64,
+}
+
+async fn collect(started: Instant, handles: Vec<tokio::task::JoinHandle<Vec<u64>>>) -> Run {
+    let mut all = Vec::new();
+    for handle in handles {
+        all.extend(handle.await.unwrap());
+    }
+    let secs = started.elapsed().as_secs_f64();
+    all.sort_unstable();
+    let pick = |p: f64| {
+        all.get(((all.len().max(1) - 1) as f64 * p) as usize)
+            .copied()
+            .unwrap_or(0)
+    };
+    Run {
+        secs,
+        delivered: all.len(),
+        p50: pick(0.5),
+        p99: pick(0.99),
+    }
+}
+
+async fn emissions_run(clients: usize, events: usize) -> Run {
+    let adapter = WebSocketServer::new("ws", "127.0.0.1:0")
+        .client_queue(events + 16, 64 * 1024 * 1024)
+        .max_connections(clients + 16)
+        .bind()
+        .await
+        .unwrap();
+    let handle = adapter.handle();
+    let emissions = Emissions::builder()
+        .adapter_with(
+            "ws",
+            adapter,
+            AdapterOptions::default().overflow(OverflowPolicy::Block),
+        )
+        .start()
+        .await
+        .unwrap();
+    let readers = readers(handle.local_addr(), clients, events).await;
+    while handle.stats().connected < clients {
+        tokio::task::yield_now().await;
+    }
+    let started = Instant::now();
+    for i in 0..events {
+        emissions
+            .emit_now("tick", &serde_json::json!({"t": now_micros(), "seq": i}))
+            .await
+            .unwrap();
+    }
+    let run = collect(started, readers).await;
+    emissions.shutdown(Duration::from_secs(5)).await;
+    run
+}
+
+async fn bare_run(clients: usize, events: usize) -> Run {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, _) = tokio::sync::broadcast::channel::<Utf8Bytes>(events + 16);
+    let connected = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let server = {
+        let (tx, connected) = (tx.clone(), connected.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let mut rx = tx.subscribe();
+                let connected = connected.clone();
+                tokio::spawn(async move {
+                    let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+                    connected.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    while let Ok(frame) = rx.recv().await {
+                        if ws.send(Message::Text(frame)).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        })
+    };
+    let readers = readers(addr, clients, events).await;
+    while connected.load(std::sync::atomic::Ordering::SeqCst) < clients {
+        tokio::task::yield_now().await;
+    }
+    let started = Instant::now();
+    for i in 0..events {
+        // The same frame shape as the adapter's, serialized once per event.
+        let frame = serde_json::json!({
+            "type": "event", "id": format!("{i:036}"), "name": "tick",
+            "timestamp": "2026-11-27T00:00:00.000000Z",
+            "payload": {"t": now_micros(), "seq": i}, "metadata": {}
+        });
+        let _ = tx.send(Utf8Bytes::from(frame.to_string()));
+        if i % 16 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let run = collect(started, readers).await;
+    server.abort();
+    run
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--test" || a == "--list");
+    let (clients, events) = if quick { (20, 20) } else { (1_000, 500) };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let bare = rt.block_on(bare_run(clients, events));
+    let ours = rt.block_on(emissions_run(clients, events));
+    let rate = |r: &Run| r.delivered as f64 / r.secs;
+    let table = format!(
+        "{clients} clients × {events} events, published as fast as possible.\n\n\
+         | implementation | frames delivered/s | ratio (target ≥ 0.8) | p50 | p99 | frames lost |\n|---|---:|---:|---:|---:|---:|\n\
+         | bare tokio-tungstenite broadcast | {:.0} | 1.00 | {:.1} ms | {:.1} ms | {} |\n\
+         | WebSocket adapter | {:.0} | {:.2} | {:.1} ms | {:.1} ms | {} |\n",
+        rate(&bare),
+        bare.p50 as f64 / 1000.0,
+        bare.p99 as f64 / 1000.0,
+        clients * events - bare.delivered,
+        rate(&ours),
+        rate(&ours) / rate(&bare),
+        ours.p50 as f64 / 1000.0,
+        ours.p99 as f64 / 1000.0,
+        clients * events - ours.delivered,
+    );
+    println!("{table}");
+    if !quick {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-results");
+        let _ = std::fs::create_dir_all(&dir);
+        let _ = std::fs::write(dir.join("websocket.md"), table);
+    }
+}
