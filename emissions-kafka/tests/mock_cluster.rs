@@ -44,6 +44,15 @@ fn endpoint(
     (endpoint, deliveries, dead)
 }
 
+async fn start(endpoint: KafkaEndpoint) -> Emissions {
+    Emissions::builder()
+        .kafka(endpoint)
+        .unwrap()
+        .start()
+        .await
+        .unwrap()
+}
+
 async fn commit(
     emissions: &Emissions,
     events: impl IntoIterator<Item = (String, String, serde_json::Value)>,
@@ -130,12 +139,7 @@ async fn keys_land_on_the_java_clients_partition_every_time() {
     let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic("keys", 8, 1).unwrap();
     let (endpoint, deliveries, _) = endpoint(&cluster, "keys");
-    let emissions = Emissions::builder()
-        .kafka(endpoint)
-        .unwrap()
-        .start()
-        .await
-        .unwrap();
+    let emissions = start(endpoint).await;
     let outcome = commit(&emissions, keyed(0..400, 40)).await.settled().await;
     assert_eq!(outcome.adapter("kafka").unwrap().delivered, 400);
     let mut partition_of: HashMap<String, i32> = HashMap::new();
@@ -197,12 +201,7 @@ async fn brokers_down_for_a_while_then_up_deliver_everything_once_without_errors
     let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic("outage", 2, 1).unwrap();
     let (endpoint, _, dead) = endpoint(&cluster, "outage");
-    let emissions = Emissions::builder()
-        .kafka(endpoint)
-        .unwrap()
-        .start()
-        .await
-        .unwrap();
+    let emissions = start(endpoint).await;
     let errors = Arc::new(Mutex::new(0));
     let e = errors.clone();
     emissions.attach_observer(move |t| {
@@ -238,12 +237,7 @@ async fn transient_request_errors_are_retried_by_librdkafka() {
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 4],
     );
     let (endpoint, _, dead) = endpoint(&cluster, "flaky");
-    let emissions = Emissions::builder()
-        .kafka(endpoint)
-        .unwrap()
-        .start()
-        .await
-        .unwrap();
+    let emissions = start(endpoint).await;
     let outcome = commit(&emissions, keyed(0..20, 3)).await.settled().await;
     assert_eq!(outcome.adapter("kafka").unwrap().delivered, 20);
     assert!(dead.lock().unwrap().is_empty());
@@ -256,12 +250,7 @@ async fn an_oversized_message_fails_at_once_while_others_flow() {
     cluster.create_topic("sized", 1, 1).unwrap();
     let (endpoint, _, dead) = endpoint(&cluster, "sized");
     let endpoint = endpoint.property("message.max.bytes", "10000");
-    let emissions = Emissions::builder()
-        .kafka(endpoint)
-        .unwrap()
-        .start()
-        .await
-        .unwrap();
+    let emissions = start(endpoint).await;
     let events = vec![
         ("small".to_owned(), "a".to_owned(), json!(1)),
         ("huge".to_owned(), "a".to_owned(), json!("x".repeat(20_000))),
@@ -295,12 +284,7 @@ async fn bad_topic(error: RDKafkaRespErr) -> String {
             })
         })
         .property("topic.metadata.propagation.max.ms", "1000");
-    let emissions = Emissions::builder()
-        .kafka(endpoint)
-        .unwrap()
-        .start()
-        .await
-        .unwrap();
+    let emissions = start(endpoint).await;
     let started = std::time::Instant::now();
     let events = vec![
         ("fine".to_owned(), "a".to_owned(), json!(1)),
@@ -340,12 +324,7 @@ async fn an_unreachable_bootstrap_fails_every_event_and_loses_none() {
         .topic("nowhere")
         .property("message.timeout.ms", "1500")
         .dead_letter(move |letter| d.lock().unwrap().push(letter.failure.to_string()));
-    let emissions = Emissions::builder()
-        .kafka(endpoint)
-        .unwrap()
-        .start()
-        .await
-        .unwrap();
+    let emissions = start(endpoint).await;
     let outcome = commit(&emissions, keyed(0..25, 5)).await.settled().await;
     let counts = outcome.adapter("kafka").unwrap();
     assert_eq!((counts.committed, counts.failed), (25, 25));
@@ -370,12 +349,7 @@ async fn a_full_local_queue_is_backpressure_not_loss() {
         .unwrap();
     let (endpoint, _, dead) = endpoint(&cluster, "narrow");
     let endpoint = endpoint.property("queue.buffering.max.messages", "5");
-    let emissions = Emissions::builder()
-        .kafka(endpoint)
-        .unwrap()
-        .start()
-        .await
-        .unwrap();
+    let emissions = start(endpoint).await;
     let outcome = commit(&emissions, keyed(0..300, 7)).await.settled().await;
     let counts = outcome.adapter("kafka").unwrap();
     assert_eq!(
@@ -390,12 +364,7 @@ async fn shutdown_with_the_broker_down_ends_at_the_deadline_and_reports_everythi
     let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic("stuck", 1, 1).unwrap();
     let (endpoint, _, _) = endpoint(&cluster, "stuck");
-    let emissions = Emissions::builder()
-        .kafka(endpoint)
-        .unwrap()
-        .start()
-        .await
-        .unwrap();
+    let emissions = start(endpoint).await;
     commit(&emissions, keyed(0..5, 1)).await.settled().await;
     cluster.broker_down(1).unwrap();
     commit(&emissions, keyed(5..45, 4)).await;
@@ -421,12 +390,7 @@ async fn a_fatal_producer_error_recreates_the_producer() {
     let (endpoint, _, dead) = endpoint(&cluster, "fatal");
     // With the gapless guarantee, a sequence error is fatal for an idempotent producer.
     let endpoint = endpoint.property("enable.gapless.guarantee", "true");
-    let emissions = Emissions::builder()
-        .kafka(endpoint)
-        .unwrap()
-        .start()
-        .await
-        .unwrap();
+    let emissions = start(endpoint).await;
     commit(&emissions, keyed(0..3, 1)).await.settled().await;
     cluster.request_errors(
         RDKafkaApiKey::Produce,

