@@ -144,9 +144,7 @@ impl Emissions {
     {
         self.ensure_open()?;
         let event = Event::new(name, payload, Metadata::new())?;
-        self.dispatch(vec![event])
-            .await
-            .map_err(|_| Error::ShutDown)
+        self.dispatch(|| Ok(vec![event])).await
     }
 
     /// Attaches a telemetry observer; it sees every telemetry event of this instance, on the
@@ -331,11 +329,13 @@ impl Emissions {
         }
     }
 
-    pub(crate) async fn dispatch(&self, events: Vec<Event>) -> Result<Receipt, Vec<Event>> {
-        if self.is_shut_down() {
-            return Err(events);
-        }
-        self.inner.pipeline.dispatch(events).await
+    /// See [`Pipeline::dispatch`](crate::pipeline::Pipeline::dispatch).
+    pub(crate) async fn dispatch(
+        &self,
+        take: impl FnOnce() -> Result<Vec<Event>, Error>,
+    ) -> Result<Receipt, Error> {
+        self.ensure_open()?;
+        self.inner.pipeline.dispatch(take).await
     }
 
     pub(crate) fn telemetry(&self, event: &TelemetryEvent<'_>) {

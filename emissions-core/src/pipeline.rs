@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use crate::options::DeadLetter;
 use crate::receipt::{CommitTracker, Counters, Settled};
 use crate::telemetry::{DropReason, Telemetry, TelemetryEvent};
-use crate::{Adapter, AdapterOptions, BatchError, Event, Failure, OverflowPolicy, Receipt};
+use crate::{Adapter, AdapterOptions, BatchError, Error, Event, Failure, OverflowPolicy, Receipt};
 
 /// How long consumers may keep draining when the last handle is dropped without `shutdown`.
 const DETACHED_GRACE: Duration = Duration::from_secs(10);
@@ -191,12 +191,17 @@ impl Pipeline {
         (pipeline, receivers)
     }
 
-    /// Hands a commit's events to every adapter. Gives the events back when closed.
-    pub(crate) async fn dispatch(&self, events: Vec<Event>) -> Result<Receipt, Vec<Event>> {
+    /// Hands a commit's events to every adapter. `take` runs under the fan-out lock, so
+    /// whoever takes events first reaches every queue first; it is not called once closed.
+    pub(crate) async fn dispatch(
+        &self,
+        take: impl FnOnce() -> Result<Vec<Event>, Error>,
+    ) -> Result<Receipt, Error> {
         let guard = self.queues.lock().await;
         let Some(queues) = guard.as_ref() else {
-            return Err(events);
+            return Err(Error::ShutDown);
         };
+        let events = take()?;
         let tracker = Arc::new(CommitTracker::new(self.shared.clone(), events.len()));
         for (adapter, tx) in queues.iter().enumerate() {
             self.shared.slots[adapter]

@@ -68,7 +68,7 @@ pub enum ValueFormat {
     /// travel in headers.
     #[default]
     Payload,
-    /// A JSON envelope `{"id","name","timestamp","payload","metadata"}`.
+    /// A JSON envelope `{"id","name","timestamp","metadata","payload"}`.
     Envelope,
 }
 

@@ -4,7 +4,6 @@ use std::time::UNIX_EPOCH;
 
 use emissions_core::{Event, Metadata};
 use serde::Serialize;
-use serde_json::value::RawValue;
 
 use crate::Error;
 use crate::endpoint::{Destination, KeyStrategy, ValueFormat};
@@ -38,7 +37,6 @@ struct Envelope<'a> {
     id: String,
     name: &'a str,
     timestamp: String,
-    payload: &'a RawValue,
     metadata: &'a Metadata,
 }
 
@@ -70,14 +68,17 @@ pub(crate) fn record(
     let time = humantime::format_rfc3339_micros(event.emitted_at()).to_string();
     let value = match format {
         ValueFormat::Payload => event.payload().to_vec(),
-        ValueFormat::Envelope => serde_json::to_vec(&Envelope {
-            id: event.id().to_string(),
-            name: event.name(),
-            timestamp: time.clone(),
-            payload: event.payload_raw(),
-            metadata: event.metadata(),
-        })
-        .unwrap_or_default(),
+        ValueFormat::Envelope => event
+            .to_json_with_payload(
+                &Envelope {
+                    id: event.id().to_string(),
+                    name: event.name(),
+                    timestamp: time.clone(),
+                    metadata: event.metadata(),
+                },
+                "payload",
+            )
+            .unwrap_or_default(),
     };
     let mut headers = vec![
         (headers::EVENT_NAME, event.name().to_owned()),

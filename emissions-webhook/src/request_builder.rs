@@ -5,7 +5,6 @@ use emissions_core::{Event, Metadata};
 use http::HeaderMap;
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use serde::Serialize;
-use serde_json::value::RawValue;
 
 use crate::signature::{Secret, WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP, sign};
 
@@ -18,22 +17,24 @@ struct Envelope<'a> {
     #[serde(rename = "type")]
     kind: &'a str,
     timestamp: String,
-    data: &'a RawValue,
     metadata: &'a Metadata,
 }
 
-/// The body POSTed for `event`: `{"id","type","timestamp","data","metadata"}`, with `data` the
+/// The body POSTed for `event`: `{"id","type","timestamp","metadata","data"}`, with `data` the
 /// payload bytes serialized at emit time, embedded as they are.
 pub(crate) fn envelope(event: &Event) -> Bytes {
     let envelope = Envelope {
         id: event.id().to_string(),
         kind: event.name(),
         timestamp: humantime::format_rfc3339_micros(event.emitted_at()).to_string(),
-        data: event.payload_raw(),
         metadata: event.metadata(),
     };
-    // Serializing strings, a raw JSON value and a JSON map cannot fail.
-    Bytes::from(serde_json::to_vec(&envelope).unwrap_or_default())
+    // A struct of strings and a JSON map always serializes as an object.
+    Bytes::from(
+        event
+            .to_json_with_payload(&envelope, "data")
+            .unwrap_or_default(),
+    )
 }
 
 /// The headers of one attempt: content type, static headers, trace context, and the Standard
@@ -91,7 +92,10 @@ mod tests {
         assert_eq!(parsed["metadata"]["source"], "api");
         assert!(parsed["timestamp"].as_str().unwrap().ends_with('Z'));
         let text = std::str::from_utf8(&body).unwrap();
-        assert!(text.contains(&format!("\"data\":{}", e.payload_raw().get())));
+        assert!(text.contains(&format!(
+            "\"data\":{}",
+            std::str::from_utf8(e.payload()).unwrap()
+        )));
     }
 
     #[test]

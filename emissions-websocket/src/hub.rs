@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use emissions_core::{Event, TopicRouter};
 use serde::Serialize;
-use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -124,22 +123,25 @@ struct EventFrame<'a> {
     id: String,
     name: &'a str,
     timestamp: String,
-    payload: &'a RawValue,
     metadata: &'a emissions_core::Metadata,
 }
 
 impl Frame {
     pub(crate) fn new(event: &Event) -> Self {
         let id = event.id().to_string();
-        let text = serde_json::to_string(&EventFrame {
+        let frame = EventFrame {
             kind: "event",
             id: id.clone(),
             name: event.name(),
             timestamp: humantime::format_rfc3339_micros(event.emitted_at()).to_string(),
-            payload: event.payload_raw(),
             metadata: event.metadata(),
-        })
-        .unwrap_or_default();
+        };
+        // A struct of strings and a JSON map always serializes as an object; the payload is
+        // JSON written by serde_json, so the frame is UTF-8.
+        let bytes = event
+            .to_json_with_payload(&frame, "payload")
+            .unwrap_or_default();
+        let text = String::from_utf8(bytes).unwrap_or_default();
         Frame {
             id,
             name: event.name().to_owned(),

@@ -1,7 +1,7 @@
 //! Push committed events to WebSocket clients.
 //!
 //! [`WebSocketServer`] listens on an address; each committed event becomes one JSON text frame
-//! `{"type":"event","id","name","timestamp","payload","metadata"}`, serialized once and queued
+//! `{"type":"event","id","name","timestamp","metadata","payload"}`, serialized once and queued
 //! for every client whose subscription matches.
 //!
 //! # Subscriptions

@@ -407,6 +407,9 @@ fn bench() -> Result<(), String> {
     let mut per_request = cargo();
     per_request.args(["bench", "-p", "emissions-core", "--bench", "per_request"]);
     step("bench: per-request cost (criterion)", per_request)?;
+    let mut allocations = cargo();
+    allocations.args(["bench", "-p", "emissions-core", "--bench", "allocations"]);
+    step("bench: allocations per event", allocations)?;
     let mut fanout = cargo();
     fanout.args(["bench", "-p", "emissions-core", "--bench", "fanout"]);
     step("bench: pipeline fan-out", fanout)?;
