@@ -242,37 +242,43 @@ impl Hub {
         }
     }
 
-    /// Appends to the ring and queues the frame for every subscribed client; disconnects
-    /// clients whose queue is full.
-    pub(crate) fn publish(&self, event: &Event) {
-        let frame = Frame::new(event);
-        let bytes = frame.text.len();
+    /// Appends the events to the ring and queues each frame for every subscribed client, under
+    /// one lock for the whole batch (each client is woken once per batch, not once per frame);
+    /// disconnects clients whose queue is full.
+    pub(crate) fn publish(&self, events: &[Event]) {
+        let frames: Vec<Frame> = events.iter().map(Frame::new).collect();
         let mut state = self.lock();
-        state.ring.push_back(frame.clone());
-        while state.ring.len() > self.limits.resume_buffer {
-            state.ring.pop_front();
+        for frame in &frames {
+            state.ring.push_back(frame.clone());
         }
+        let excess = state.ring.len().saturating_sub(self.limits.resume_buffer);
+        state.ring.drain(..excess);
         let mut slow = Vec::new();
         for (id, client) in &state.clients {
-            let wanted = client
+            let subscription = client
                 .subscription
                 .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .matches(&frame.name, self.router.as_ref());
-            if !wanted {
-                continue;
-            }
-            let queued = client.queued_bytes.load(Ordering::Acquire);
-            if queued + bytes > self.limits.client_queue_bytes {
-                slow.push(*id);
-                continue;
-            }
-            match client.tx.try_send(frame.text.clone()) {
-                Ok(()) => {
-                    client.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
+                .unwrap_or_else(|e| e.into_inner());
+            for frame in &frames {
+                if !subscription.matches(&frame.name, self.router.as_ref()) {
+                    continue;
                 }
-                Err(mpsc::error::TrySendError::Full(_)) => slow.push(*id),
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+                let bytes = frame.text.len();
+                let queued = client.queued_bytes.load(Ordering::Acquire);
+                if queued + bytes > self.limits.client_queue_bytes {
+                    slow.push(*id);
+                    break;
+                }
+                match client.tx.try_send(frame.text.clone()) {
+                    Ok(()) => {
+                        client.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
+                    }
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        slow.push(*id);
+                        break;
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => break,
+                }
             }
         }
         for id in slow {

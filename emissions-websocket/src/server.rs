@@ -491,11 +491,42 @@ async fn send(
     }
 }
 
+/// Most frames written before one flush.
+const WRITE_BATCH: usize = 64;
+
+/// Writes `first` and whatever else is already queued (up to [`WRITE_BATCH`] frames), then
+/// flushes once, unless the hub disconnects the client meanwhile.
+async fn send_queued(
+    ws: &mut WebSocketStream<TcpStream>,
+    link: &mut Link<'_>,
+    first: Utf8Bytes,
+) -> Result<(), Disconnect> {
+    let Link {
+        rx,
+        queued_bytes,
+        kick,
+        ..
+    } = link;
+    let write = async {
+        ws.feed(Message::Text(first)).await?;
+        for _ in 1..WRITE_BATCH {
+            let Ok(text) = rx.try_recv() else { break };
+            queued_bytes.fetch_sub(text.len(), Ordering::AcqRel);
+            ws.feed(Message::Text(text)).await?;
+        }
+        ws.flush().await
+    };
+    tokio::select! {
+        sent = write => sent.map_err(|_| Disconnect::Error),
+        () = kick.notified() => Err(link.reason()),
+    }
+}
+
 async fn pump(
     ws: &mut WebSocketStream<TcpStream>,
     hub: &Hub,
     preface: Vec<Message>,
-    link: Link<'_>,
+    mut link: Link<'_>,
 ) -> Result<Disconnect, Disconnect> {
     for message in preface {
         send(ws, &link, message).await?;
@@ -510,7 +541,7 @@ async fn pump(
             frame = link.rx.recv() => match frame {
                 Some(text) => {
                     link.queued_bytes.fetch_sub(text.len(), Ordering::AcqRel);
-                    send(ws, &link, Message::Text(text)).await?;
+                    send_queued(ws, &mut link, text).await?;
                 }
                 None => return Ok(link.reason()),
             },
@@ -611,9 +642,7 @@ impl WebSocketAdapter {
 #[async_trait]
 impl Adapter for WebSocketAdapter {
     async fn handle_events(&mut self, events: &[Event]) -> Result<(), BatchError> {
-        for event in events {
-            self.handle.hub.publish(event);
-        }
+        self.handle.hub.publish(events);
         Ok(())
     }
 
