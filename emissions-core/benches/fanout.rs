@@ -3,7 +3,8 @@
 //! `tokio::sync::broadcast` (counting what it loses to lag) and `async-broadcast`.
 //!
 //! Run: `cargo bench -p emissions-core --bench fanout` (or `cargo xtask bench`).
-//! `BENCH_EVENTS` sets the events per run (default 1 000 000).
+//! `BENCH_EVENTS` sets the events per run (default 1 000 000). Every figure is the median of
+//! three runs. `BENCH_ONLY_EMISSIONS=<adapters>` runs the emissions side alone (for `perf`).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -18,6 +19,8 @@ use serde::Serialize;
 const COMMIT: usize = 5;
 const CAPACITY: usize = 10_000;
 const MAX_DEMAND: usize = 50;
+/// Runs per measurement; tables show the median.
+const ROUNDS: usize = 3;
 
 #[derive(Serialize)]
 struct Tick {
@@ -129,7 +132,10 @@ async fn flume(adapters: usize, events: u64, pad: &'static str) -> Run {
         seq += COMMIT as u64;
         for tx in &senders {
             for e in &commit {
-                tx.send_async(e.clone()).await.unwrap();
+                // As the pipeline does: a plain push while there is room, wait when full.
+                if let Err(flume::TrySendError::Full(e)) = tx.try_send(e.clone()) {
+                    tx.send_async(e).await.unwrap();
+                }
             }
         }
     }
@@ -221,6 +227,11 @@ async fn async_broadcast(adapters: usize, events: u64, pad: &'static str) -> Run
     }
 }
 
+fn median(mut rates: Vec<f64>) -> f64 {
+    rates.sort_by(f64::total_cmp);
+    rates[rates.len() / 2]
+}
+
 fn main() {
     // `cargo test --benches` runs bench targets with `--test`-like args; do a tiny run then.
     let quick = std::env::args().any(|a| a == "--test" || a == "--list");
@@ -233,31 +244,45 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    // Profiling aid: `BENCH_ONLY_EMISSIONS=<adapters>` runs only the emissions side.
+    if let Some(adapters) = std::env::var("BENCH_ONLY_EMISSIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        let run = rt.block_on(emissions(adapters, events, ""));
+        println!("{:.0} events/s per adapter", events as f64 / run.secs);
+        return;
+    }
     let mut table = String::from(
         "| adapters | implementation | events/s per adapter | ratio to hand-wired flume | events lost |\n|---:|---|---:|---:|---:|\n",
     );
     for adapters in [1usize, 3, 8] {
-        let limit = rt.block_on(flume(adapters, events, ""));
-        let runs = [
-            ("hand-wired flume fan-out", limit),
-            (
-                "**emissions** (block policy)",
-                rt.block_on(emissions(adapters, events, "")),
-            ),
-            (
-                "tokio::sync::broadcast",
-                rt.block_on(tokio_broadcast(adapters, events, "")),
-            ),
-            (
-                "async-broadcast",
-                rt.block_on(async_broadcast(adapters, events, "")),
-            ),
-        ];
-        // Delivered events per second per adapter (events lost to lag do not count).
+        // Three rounds, the implementations interleaved within each; each row reports its
+        // median round (by delivered events per second per adapter; lag losses do not count).
         let rate_of =
             |run: &Run| (events * adapters as u64 - run.lost) as f64 / adapters as f64 / run.secs;
-        let limit_rate = rate_of(&runs[0].1);
-        for (name, run) in &runs {
+        let mut rounds: [Vec<Run>; 4] = Default::default();
+        for _ in 0..ROUNDS {
+            rounds[0].push(rt.block_on(flume(adapters, events, "")));
+            rounds[1].push(rt.block_on(emissions(adapters, events, "")));
+            rounds[2].push(rt.block_on(tokio_broadcast(adapters, events, "")));
+            rounds[3].push(rt.block_on(async_broadcast(adapters, events, "")));
+        }
+        let medians: Vec<Run> = rounds
+            .into_iter()
+            .map(|mut runs| {
+                runs.sort_by(|a, b| rate_of(a).total_cmp(&rate_of(b)));
+                runs.swap_remove(runs.len() / 2)
+            })
+            .collect();
+        let names = [
+            "hand-wired flume fan-out",
+            "**emissions** (block policy)",
+            "tokio::sync::broadcast",
+            "async-broadcast",
+        ];
+        let limit_rate = rate_of(&medians[0]);
+        for (name, run) in names.iter().zip(&medians) {
             let rate = rate_of(run);
             table.push_str(&format!(
                 "| {adapters} | {name} | {:.0} | {:.2} | {} |\n",
@@ -277,9 +302,12 @@ fn main() {
         // Spawned tasks need 'static data: leak one string per size (three in all).
         let padding: &'static str = Box::leak(padding.into_boxed_str());
         let n = events / 4;
-        let limit = rt.block_on(flume(1, n, padding));
-        let ours = rt.block_on(emissions(1, n, padding));
-        let (a, b) = (n as f64 / limit.secs, n as f64 / ours.secs);
+        let (mut limit, mut ours) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            limit.push(n as f64 / rt.block_on(flume(1, n, padding)).secs);
+            ours.push(n as f64 / rt.block_on(emissions(1, n, padding)).secs);
+        }
+        let (a, b) = (median(limit), median(ours));
         sizes.push_str(&format!("| {size} B | {a:.0} | {b:.0} | {:.2} |\n", b / a));
     }
     let table = format!("{table}\n**Payload size (1 adapter):**\n\n{sizes}");

@@ -4,7 +4,7 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering, fence};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -238,10 +238,12 @@ impl Emissions {
     /// ```
     pub async fn settled(&self) {
         let shared = &self.inner.pipeline.shared;
+        let _watch = shared.watch_progress();
         loop {
             let notified = shared.progress.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            fence(Ordering::SeqCst);
             let adapters_idle = shared.slots.iter().all(|slot| {
                 let counts = slot.counters.snapshot();
                 counts.settled() >= counts.committed
@@ -343,7 +345,7 @@ impl Emissions {
     }
 
     pub(crate) fn notify_progress(&self) {
-        self.inner.pipeline.shared.progress.notify_waiters();
+        self.inner.pipeline.shared.progressed();
     }
 }
 

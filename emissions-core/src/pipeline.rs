@@ -29,7 +29,7 @@
 
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -53,6 +53,38 @@ pub(crate) struct Shared {
     pub(crate) telemetry: Telemetry,
     /// Woken whenever events settle, for `Emissions::settled`.
     pub(crate) progress: Notify,
+    /// How many `Emissions::settled` calls are waiting: with none, settling skips the wake-up
+    /// (whose lock the consumers would otherwise contend on for every batch).
+    pub(crate) progress_watchers: AtomicUsize,
+}
+
+impl Shared {
+    /// Wakes `Emissions::settled` callers, if any.
+    pub(crate) fn progressed(&self) {
+        // Pairs with the fence in `watch_progress`: either the watcher sees the counters this
+        // thread updated, or this thread sees the watcher.
+        fence(Ordering::SeqCst);
+        if self.progress_watchers.load(Ordering::Relaxed) > 0 {
+            self.progress.notify_waiters();
+        }
+    }
+
+    /// Registers a watcher until the guard drops; call before reading the counters.
+    pub(crate) fn watch_progress(&self) -> ProgressWatch<'_> {
+        self.progress_watchers.fetch_add(1, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        ProgressWatch(self)
+    }
+}
+
+/// See [`Shared::watch_progress`].
+#[derive(Debug)]
+pub(crate) struct ProgressWatch<'a>(&'a Shared);
+
+impl Drop for ProgressWatch<'_> {
+    fn drop(&mut self) {
+        self.0.progress_watchers.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Per-adapter accounting.
@@ -125,7 +157,7 @@ impl Item {
             handler: None,
         });
         self.tracker.record(self.adapter, Settled::Dropped, 1);
-        shared.progress.notify_waiters();
+        shared.progressed();
     }
 }
 
@@ -178,6 +210,7 @@ impl Pipeline {
             slots: names.into_iter().map(Slot::new).collect(),
             telemetry: Telemetry::default(),
             progress: Notify::new(),
+            progress_watchers: AtomicUsize::new(0),
         });
         let (senders, receivers): (Vec<_>, Vec<_>) =
             options.iter().map(|o| flume::bounded(o.capacity)).unzip();
@@ -379,7 +412,7 @@ impl Consumer {
                 }
             }
         }
-        self.shared.progress.notify_waiters();
+        self.shared.progressed();
         if wanted.is_empty() {
             return true;
         }
@@ -408,7 +441,7 @@ impl Consumer {
             };
             let duration = started.elapsed();
             let failures = self.classify(pending, result, duration);
-            self.shared.progress.notify_waiters();
+            self.shared.progressed();
 
             // The destination's Retry-After, when longer, overrides the policy's delay.
             let hint = failures
@@ -545,6 +578,6 @@ impl Consumer {
         for item in items {
             item.settle(Settled::Failed);
         }
-        self.shared.progress.notify_waiters();
+        self.shared.progressed();
     }
 }
