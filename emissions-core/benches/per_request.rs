@@ -39,6 +39,48 @@ fn per_request(c: &mut Criterion) {
         b.to_async(&rt).iter(|| one_request(&one, &lines))
     });
     group.finish();
+
+    // The ratio from paired rounds: criterion measures one function after the other, and on a
+    // shared machine the speed drifts between them. Here each round times the baseline and
+    // the request back to back; the table reports the median of the per-round ratios.
+    const ROUNDS: usize = 41;
+    const ITERATIONS: u32 = 5_000;
+    let per_iteration = |started: std::time::Instant| {
+        started.elapsed().as_secs_f64() * 1e9 / f64::from(ITERATIONS)
+    };
+    let requests = |emissions: &Emissions| {
+        rt.block_on(async {
+            let started = std::time::Instant::now();
+            for _ in 0..ITERATIONS {
+                one_request(emissions, &lines).await;
+            }
+            per_iteration(started)
+        })
+    };
+    let mut rounds = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        let started = std::time::Instant::now();
+        for _ in 0..ITERATIONS {
+            serialize_only(&lines);
+        }
+        let baseline = per_iteration(started);
+        rounds.push((baseline, requests(&bare), requests(&one)));
+    }
+    let median = |pick: &dyn Fn(&(f64, f64, f64)) -> f64| {
+        let mut values: Vec<f64> = rounds.iter().map(pick).collect();
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    let report = format!(
+        "{{\"rounds\": {ROUNDS}, \"baseline_ns\": {:.0}, \"no_adapter_ratio\": {:.2}, \"one_adapter_ratio\": {:.2}}}",
+        median(&|r| r.0),
+        median(&|r| r.1 / r.0),
+        median(&|r| r.2 / r.0),
+    );
+    println!("paired rounds: {report}");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-results");
+    std::fs::create_dir_all(&dir).expect("create target/bench-results");
+    std::fs::write(dir.join("per_request.json"), report).expect("write per_request.json");
 }
 
 // The macro generates an undocumented public function.

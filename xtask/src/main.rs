@@ -441,6 +441,8 @@ fn bench() -> Result<(), String> {
     let results = root.join("target/bench-results");
     let allocations =
         std::fs::read_to_string(results.join("allocations.json")).map_err(|e| e.to_string())?;
+    let paired =
+        std::fs::read_to_string(results.join("per_request.json")).map_err(|e| e.to_string())?;
     let fanout = std::fs::read_to_string(results.join("fanout.md")).map_err(|e| e.to_string())?;
     let latency =
         std::fs::read_to_string(results.join("latency_memory.md")).map_err(|e| e.to_string())?;
@@ -455,6 +457,7 @@ fn bench() -> Result<(), String> {
          | `serde_json::to_vec` × 5 (baseline) | {serialize:.0} ns | 1.00 |\n\
          | start + 5 × emit + commit, no adapter | {bare:.0} ns | {:.2} |\n\
          | start + 5 × emit + commit, one no-op adapter | {one:.0} ns | {:.2} |\n\n\
+         Paired rounds (baseline and request timed back to back, median ratio): `{paired}`\n\n\
          Allocations: `{allocations}`\n\n\
          ### Pipeline fan-out (commits of 5, queue 10 000, max_demand 50; target ≥ 0.5 × flume, 0 lost)\n\n{fanout}\n\
          ### Latency and memory\n\n{latency}\n\
