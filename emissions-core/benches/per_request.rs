@@ -45,9 +45,8 @@ fn per_request(c: &mut Criterion) {
     // the request back to back; the table reports the median of the per-round ratios.
     const ROUNDS: usize = 41;
     const ITERATIONS: u32 = 5_000;
-    let per_iteration = |started: std::time::Instant| {
-        started.elapsed().as_secs_f64() * 1e9 / f64::from(ITERATIONS)
-    };
+    let per_iteration =
+        |started: std::time::Instant| started.elapsed().as_secs_f64() * 1e9 / f64::from(ITERATIONS);
     let requests = |emissions: &Emissions| {
         rt.block_on(async {
             let started = std::time::Instant::now();

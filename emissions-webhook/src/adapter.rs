@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -116,24 +115,37 @@ impl WebhookAdapter {
         .await
     }
 
-    /// Up to `concurrency` requests at once; outcomes in batch order.
-    fn deliver_concurrently<'a>(
-        &'a self,
-        events: &'a [Event],
+    /// Up to `concurrency` requests at once, a new one starting as soon as any finishes (a
+    /// slow request does not hold the free slots back); outcomes in batch order.
+    async fn deliver_concurrently(
+        &self,
+        events: &[Event],
         bodies: Vec<Bytes>,
-    ) -> impl Future<Output = Vec<(Outcome, Bytes)>> + Send + 'a {
+    ) -> Vec<(Outcome, Bytes)> {
         let attempts: Vec<_> = events
             .iter()
             .zip(bodies)
-            .map(|(event, body)| self.deliver_owned(event, body))
+            .enumerate()
+            .map(|(index, (event, body))| self.deliver_owned(index, event, body))
             .collect();
-        futures_util::stream::iter(attempts)
-            .buffered(self.limits.concurrency)
+        let mut outcomes: Vec<(usize, Outcome, Bytes)> = futures_util::stream::iter(attempts)
+            .buffer_unordered(self.limits.concurrency)
+            .collect()
+            .await;
+        outcomes.sort_unstable_by_key(|(index, _, _)| *index);
+        outcomes
+            .into_iter()
+            .map(|(_, outcome, body)| (outcome, body))
             .collect()
     }
 
-    async fn deliver_owned(&self, event: &Event, body: Bytes) -> (Outcome, Bytes) {
-        (self.deliver(event, body.clone()).await, body)
+    async fn deliver_owned(
+        &self,
+        index: usize,
+        event: &Event,
+        body: Bytes,
+    ) -> (usize, Outcome, Bytes) {
+        (index, self.deliver(event, body.clone()).await, body)
     }
 
     fn body(&mut self, event: &Event) -> Bytes {

@@ -289,8 +289,20 @@ async fn only_interested_events_are_sent() {
 
 #[tokio::test]
 async fn concurrency_sends_a_batch_in_parallel_and_reports_each_event() {
+    // Replies go by arrival order, which concurrency scrambles: the failures reported must
+    // still be the events whose requests were refused.
     let hooks = receiver(|n| Reply::Status(if n % 2 == 0 { 200 } else { 422 })).await;
-    let emissions = start(endpoint("parallel", &hooks.url).concurrency(4)).await;
+    let dead = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = dead.clone();
+    let emissions = start(
+        endpoint("parallel", &hooks.url)
+            .concurrency(4)
+            .dead_letter(move |d| {
+                let mut sink = sink.lock().unwrap();
+                sink.extend(d.events.iter().map(|e| e.payload_json().as_i64().unwrap()));
+            }),
+    )
+    .await;
     let buffer = emissions.start();
     for i in 0..8 {
         buffer.emit("job", &i).unwrap();
@@ -298,7 +310,18 @@ async fn concurrency_sends_a_batch_in_parallel_and_reports_each_event() {
     let outcome = buffer.commit().await.unwrap().settled().await;
     let counts = outcome.adapter("parallel").unwrap();
     assert_eq!((counts.delivered, counts.failed), (4, 4));
-    assert_eq!(hooks.requests().len(), 8);
+    let requests = hooks.requests();
+    assert_eq!(requests.len(), 8);
+    let mut refused: Vec<i64> = requests
+        .iter()
+        .skip(1)
+        .step_by(2)
+        .map(|r| r.json()["data"].as_i64().unwrap())
+        .collect();
+    refused.sort_unstable();
+    let mut dead = dead.lock().unwrap().clone();
+    dead.sort_unstable();
+    assert_eq!(dead, refused);
 }
 
 #[tokio::test]
