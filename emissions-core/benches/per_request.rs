@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{Noop, lines, one_request, runtime, serialize_only};
 use criterion::{Criterion, criterion_group, criterion_main};
-use emissions_core::{AdapterOptions, Emissions, OverflowPolicy};
+use emissions_core::{AdapterOptions, Emissions, Event, Metadata, OverflowPolicy};
 
 fn per_request(c: &mut Criterion) {
     let (rt, lines) = (runtime(), lines());
@@ -31,6 +31,16 @@ fn per_request(c: &mut Criterion) {
     let mut group = c.benchmark_group("per_request");
     group.bench_function("serde_json_to_vec_x5", |b| {
         b.iter(|| serialize_only(&lines))
+    });
+    // The events alone (serialize, id, clock, shared allocation), without buffer or commit.
+    group.bench_function("event_new_x5", |b| {
+        b.iter(|| {
+            for line in &lines {
+                std::hint::black_box(
+                    Event::new("order_line_added", line, Metadata::new()).unwrap(),
+                );
+            }
+        })
     });
     group.bench_function("start_emit5_commit_no_adapter", |b| {
         b.to_async(&rt).iter(|| one_request(&bare, &lines))

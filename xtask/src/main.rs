@@ -436,6 +436,7 @@ fn bench() -> Result<(), String> {
     }
 
     let serialize = criterion_mean_ns(&root, "per_request", "serde_json_to_vec_x5")?;
+    let events_only = criterion_mean_ns(&root, "per_request", "event_new_x5")?;
     let bare = criterion_mean_ns(&root, "per_request", "start_emit5_commit_no_adapter")?;
     let one = criterion_mean_ns(&root, "per_request", "start_emit5_commit_one_adapter")?;
     let results = root.join("target/bench-results");
@@ -455,6 +456,7 @@ fn bench() -> Result<(), String> {
          ### Per-request cost (criterion, mean)\n\n\
          | measurement | time | ratio to serializing alone (target ≤ 1.5) |\n|---|---:|---:|\n\
          | `serde_json::to_vec` × 5 (baseline) | {serialize:.0} ns | 1.00 |\n\
+         | 5 × `Event::new` alone (serialize, id, clock, shared allocation) | {events_only:.0} ns | {:.2} |\n\
          | start + 5 × emit + commit, no adapter | {bare:.0} ns | {:.2} |\n\
          | start + 5 × emit + commit, one no-op adapter | {one:.0} ns | {:.2} |\n\n\
          Paired rounds (baseline and request timed back to back, median ratio): `{paired}`\n\n\
@@ -464,6 +466,7 @@ fn bench() -> Result<(), String> {
          ### Webhook adapter vs a bare reqwest loop (same local receiver, same concurrency)\n\n{webhook}\n\
          ### Kafka adapter vs a bare `FutureProducer` (same broker, same records; block policy)\n\n{kafka}\n\
          ### WebSocket adapter vs a bare tokio-tungstenite broadcast\n\n{websocket}",
+        events_only / serialize,
         bare / serialize,
         one / serialize,
         machine = machine(),
