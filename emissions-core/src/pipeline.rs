@@ -110,13 +110,20 @@ impl Slot {
 /// One event on its way to one adapter.
 #[derive(Debug)]
 pub(crate) struct Item {
-    event: Event,
+    /// `None` only while the event is lent to the adapter's call (see [`Lent`]).
+    event: Option<Event>,
     tracker: Arc<CommitTracker>,
     adapter: usize,
     settled: bool,
 }
 
 impl Item {
+    fn event(&self) -> &Event {
+        self.event
+            .as_ref()
+            .expect("an item's event is only away during the adapter call")
+    }
+
     fn settle(mut self, state: Settled) {
         self.settled = true;
         self.tracker.record(self.adapter, state, 1);
@@ -151,7 +158,7 @@ impl Item {
         self.settled = true;
         let shared = &self.tracker.shared;
         shared.telemetry.emit(&TelemetryEvent::EventDropped {
-            event_name: self.event.name(),
+            event_name: self.event.as_ref().map_or("", |e| e.name()),
             reason,
             adapter: Some(&shared.slots[self.adapter].name),
             handler: None,
@@ -167,6 +174,45 @@ impl Drop for Item {
             // Abandoned: a cancelled blocking commit, an aborted consumer, a queue freed at exit.
             self.report_drop(DropReason::Shutdown);
         }
+    }
+}
+
+/// A batch's events moved out of their items for the adapter call (no reference-count
+/// traffic on events that every adapter shares); they go back when the call is over, and on
+/// any drop, so an abandoned item still reports its event's name.
+struct Lent {
+    events: Vec<Event>,
+    items: Vec<Item>,
+}
+
+impl Lent {
+    fn new(mut items: Vec<Item>) -> Self {
+        let events = items
+            .iter_mut()
+            .map(|item| {
+                item.event
+                    .take()
+                    .expect("an item's event is only away during the adapter call")
+            })
+            .collect();
+        Lent { events, items }
+    }
+
+    fn restore(mut self) -> Vec<Item> {
+        self.put_back();
+        std::mem::take(&mut self.items)
+    }
+
+    fn put_back(&mut self) {
+        for (item, event) in self.items.iter_mut().zip(self.events.drain(..)) {
+            item.event = Some(event);
+        }
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        self.put_back();
     }
 }
 
@@ -242,7 +288,7 @@ impl Pipeline {
                 .commit(events.len() as u64);
             for event in &events {
                 let item = Item {
-                    event: event.clone(),
+                    event: Some(event.clone()),
                     tracker: tracker.clone(),
                     adapter,
                     settled: false,
@@ -400,7 +446,7 @@ impl Consumer {
         let mut wanted = Vec::with_capacity(batch.len());
         for item in batch {
             let adapter = &self.adapter;
-            match std::panic::catch_unwind(AssertUnwindSafe(|| adapter.interested(&item.event))) {
+            match std::panic::catch_unwind(AssertUnwindSafe(|| adapter.interested(item.event()))) {
                 Ok(true) => wanted.push(item),
                 Ok(false) => item.settle(Settled::Filtered),
                 Err(panic) => {
@@ -424,16 +470,16 @@ impl Consumer {
         let first_attempt = Instant::now();
         let mut attempt = 1u32;
         loop {
-            let events: Vec<Event> = pending.iter().map(|i| i.event.clone()).collect();
+            let lent = Lent::new(std::mem::take(&mut pending));
             let started = Instant::now();
-            let call = AssertUnwindSafe(self.adapter.handle_events(&events)).catch_unwind();
+            let call = AssertUnwindSafe(self.adapter.handle_events(&lent.events)).catch_unwind();
             let result = tokio::select! {
                 biased;
                 () = abort.cancelled() => None,
                 result = call => Some(result),
             };
+            pending = lent.restore();
             let Some(result) = result else {
-                drop(events);
                 for item in pending {
                     item.drop_with(DropReason::Shutdown);
                 }
@@ -567,7 +613,7 @@ impl Consumer {
         if let Some(hook) = &self.options.dead_letter {
             let dead = DeadLetter {
                 destination: slot.name.clone(),
-                events: items.iter().map(|i| i.event.clone()).collect(),
+                events: items.iter().map(|i| i.event().clone()).collect(),
                 failure,
                 attempts,
             };

@@ -110,12 +110,18 @@ async fn the_deadline_cuts_a_stalled_adapter_short_and_counts_what_is_left() {
     // The receipt settles too: nothing is left hanging.
     let outcome = receipt.settled().await;
     assert_eq!(outcome.adapter("stalled").unwrap().dropped, 50);
-    let shutdown_drops = seen
+    let shutdown_drops: Vec<_> = seen
         .named(names::EVENT_DROPPED)
         .into_iter()
         .filter(|d| d.meta("reason") == Some(&json!("shutdown")))
-        .count();
-    assert_eq!(shutdown_drops, 50);
+        .collect();
+    assert_eq!(shutdown_drops.len(), 50);
+    // Including the batch that was inside the adapter call when the deadline struck.
+    assert!(
+        shutdown_drops
+            .iter()
+            .all(|d| d.meta("event_name") == Some(&json!("e")))
+    );
 }
 
 #[tokio::test(start_paused = true)]
