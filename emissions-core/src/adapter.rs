@@ -34,6 +34,9 @@ use crate::{BoxError, Event};
 ///   reached the destination is unknown.
 /// - **Backpressure.** Taking long in `handle_events` is how an adapter slows its own input; it
 ///   never delays other adapters or the committing request (see the overflow policy).
+/// - **Payload bytes.** [`Event::payload`] is the JSON written at emit time, shared by every
+///   adapter; to wrap it in an envelope without serializing it again, use
+///   [`Event::to_json_with_payload`].
 ///
 /// # Example
 ///
