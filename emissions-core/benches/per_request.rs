@@ -66,6 +66,26 @@ fn per_request(c: &mut Criterion) {
             per_iteration(started)
         })
     };
+    // The same loop inside a spawned task, where a server's request handler runs: the consumer
+    // it wakes is scheduled from a worker rather than from outside the runtime.
+    let requests_in_task = |emissions: &Emissions| {
+        let emissions = emissions.clone();
+        let lines = common::lines();
+        rt.block_on(async move {
+            tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                for _ in 0..ITERATIONS {
+                    one_request(&emissions, &lines).await;
+                }
+                started.elapsed()
+            })
+            .await
+            .unwrap()
+        })
+        .as_secs_f64()
+            * 1e9
+            / f64::from(ITERATIONS)
+    };
     let mut rounds = Vec::with_capacity(ROUNDS);
     for _ in 0..ROUNDS {
         let started = std::time::Instant::now();
@@ -76,18 +96,21 @@ fn per_request(c: &mut Criterion) {
         let (request, adapter) = (requests(&bare), requests(&one));
         // Let the consumer finish (untimed) so that its work does not overlap the next round.
         rt.block_on(one.settled());
-        rounds.push((baseline, request, adapter));
+        let in_task = requests_in_task(&one);
+        rt.block_on(one.settled());
+        rounds.push((baseline, request, adapter, in_task));
     }
-    let median = |pick: &dyn Fn(&(f64, f64, f64)) -> f64| {
+    let median = |pick: &dyn Fn(&(f64, f64, f64, f64)) -> f64| {
         let mut values: Vec<f64> = rounds.iter().map(pick).collect();
         values.sort_by(f64::total_cmp);
         values[values.len() / 2]
     };
     let report = format!(
-        "{{\"rounds\": {ROUNDS}, \"baseline_ns\": {:.0}, \"no_adapter_ratio\": {:.2}, \"one_adapter_ratio\": {:.2}}}",
+        "{{\"rounds\": {ROUNDS}, \"baseline_ns\": {:.0}, \"no_adapter_ratio\": {:.2}, \"one_adapter_ratio\": {:.2}, \"one_adapter_in_task_ratio\": {:.2}}}",
         median(&|r| r.0),
         median(&|r| r.1 / r.0),
         median(&|r| r.2 / r.0),
+        median(&|r| r.3 / r.0),
     );
     println!("paired rounds: {report}");
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-results");
