@@ -13,6 +13,14 @@ use common::{Noop, lines, one_request, runtime, serialize_only};
 use criterion::{Criterion, criterion_group, criterion_main};
 use emissions_core::{AdapterOptions, Emissions, Event, Metadata, OverflowPolicy};
 
+/// One paired round, nanoseconds per iteration.
+struct Round {
+    baseline: f64,
+    request: f64,
+    adapter: f64,
+    in_task: f64,
+}
+
 fn per_request(c: &mut Criterion) {
     let (rt, lines) = (runtime(), lines());
     let bare = rt.block_on(Emissions::builder().start()).unwrap();
@@ -98,19 +106,24 @@ fn per_request(c: &mut Criterion) {
         rt.block_on(one.settled());
         let in_task = requests_in_task(&one);
         rt.block_on(one.settled());
-        rounds.push((baseline, request, adapter, in_task));
+        rounds.push(Round {
+            baseline,
+            request,
+            adapter,
+            in_task,
+        });
     }
-    let median = |pick: &dyn Fn(&(f64, f64, f64, f64)) -> f64| {
+    let median = |pick: &dyn Fn(&Round) -> f64| {
         let mut values: Vec<f64> = rounds.iter().map(pick).collect();
         values.sort_by(f64::total_cmp);
         values[values.len() / 2]
     };
     let report = format!(
         "{{\"rounds\": {ROUNDS}, \"baseline_ns\": {:.0}, \"no_adapter_ratio\": {:.2}, \"one_adapter_ratio\": {:.2}, \"one_adapter_in_task_ratio\": {:.2}}}",
-        median(&|r| r.0),
-        median(&|r| r.1 / r.0),
-        median(&|r| r.2 / r.0),
-        median(&|r| r.3 / r.0),
+        median(&|r| r.baseline),
+        median(&|r| r.request / r.baseline),
+        median(&|r| r.adapter / r.baseline),
+        median(&|r| r.in_task / r.baseline),
     );
     println!("paired rounds: {report}");
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-results");
