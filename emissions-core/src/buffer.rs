@@ -225,10 +225,6 @@ impl Buffer {
     }
 
     async fn hand_over(&self, next: BufferState) -> Result<Receipt, Error> {
-        let status = self.state();
-        if status != BufferState::Open {
-            return Err(Error::BufferClosed { state: status });
-        }
         let mut count = 0;
         // Taken under the pipeline's fan-out lock: successive flushes of one buffer reach the
         // queues in the order they took their events. After shutdown nothing is taken, so the
@@ -248,7 +244,14 @@ impl Buffer {
                 count = events.len();
                 Ok(events)
             })
-            .await?;
+            .await
+            .map_err(|err| match (err, self.state()) {
+                // A closed buffer says so, even after shutdown.
+                (Error::ShutDown, state) if state != BufferState::Open => {
+                    Error::BufferClosed { state }
+                }
+                (err, _) => err,
+            })?;
         self.shared
             .emissions
             .telemetry(&TelemetryEvent::BufferCommitted { event_count: count });

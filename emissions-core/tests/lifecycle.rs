@@ -222,9 +222,18 @@ async fn shutdown_refuses_new_events_and_hands_pending_ones_back() {
     let t = TestEmissions::start().await;
     let buffer = t.emissions().start();
     buffer.emit("pending", &1).unwrap();
+    let committed = t.emissions().start();
+    committed.commit().await.unwrap();
     t.emissions().shutdown(Duration::from_secs(5)).await;
     assert!(matches!(buffer.emit("late", &1), Err(Error::ShutDown)));
     assert!(matches!(buffer.commit().await, Err(Error::ShutDown)));
+    // A closed buffer still says so after shutdown.
+    assert!(matches!(
+        committed.commit().await,
+        Err(Error::BufferClosed {
+            state: BufferState::Committed
+        })
+    ));
     assert_eq!(buffer.state(), BufferState::Open);
     assert_eq!(names(&buffer.events()), ["pending"]);
     assert!(matches!(
