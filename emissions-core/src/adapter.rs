@@ -175,6 +175,16 @@ impl Failure {
         &*self.error
     }
 
+    /// A failure with the same kind, wait and message (the error's own type is not kept), for
+    /// reporting one failure to several dead letters.
+    pub(crate) fn duplicate(&self) -> Failure {
+        Failure {
+            retryable: self.retryable,
+            retry_after: self.retry_after,
+            error: self.error.to_string().into(),
+        }
+    }
+
     /// Takes the underlying error out.
     ///
     /// ```

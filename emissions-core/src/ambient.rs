@@ -136,6 +136,14 @@ pub(crate) async fn scope_buffer<F: Future>(buffer: Buffer, future: F) -> F::Out
         .await
 }
 
+/// Runs `f` with `buffer` as the ambient buffer (for synchronous code such as a tower
+/// service's `call`).
+#[cfg_attr(not(feature = "tower"), allow(dead_code))]
+pub(crate) fn sync_scope_buffer<R>(buffer: Buffer, f: impl FnOnce() -> R) -> R {
+    let emissions = buffer.emissions().clone();
+    CURRENT_INSTANCE.sync_scope(emissions, || CURRENT_BUFFER.sync_scope(buffer, f))
+}
+
 fn ambient_buffer(event_name: &str) -> Result<Buffer, Error> {
     current_buffer().ok_or_else(|| {
         let event = TelemetryEvent::EventDropped {
@@ -239,10 +247,26 @@ pub fn terminate() -> Result<usize, Error> {
 }
 
 /// Runs `future` in a new buffer on the current instance: commits when it returns `Ok`,
-/// terminates when it returns `Err` (or is dropped, or panics). Returns the future's result, or
-/// the commit's error.
+/// terminates when it returns `Err` (or is dropped, or panics). Returns the future's own
+/// result — also when it committed or terminated the ambient buffer itself — or the commit's
+/// error when committing its events failed (the events are then discarded and reported).
 ///
-/// See the [module docs](crate::ambient).
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), emissions_core::Error> {
+/// # let emissions = emissions_core::Emissions::builder().start().await?;
+/// emissions_core::with_default(emissions, async {
+///     let result: Result<u32, emissions_core::Error> = emissions_core::transaction(async {
+///         emissions_core::emit("order_created", &1)?;
+///         emissions_core::commit().await?; // committed early, by the body itself
+///         Ok(7)
+///     })
+///     .await;
+///     assert_eq!(result.unwrap(), 7);
+/// })
+/// .await;
+/// # Ok(()) }
+/// ```
 pub async fn transaction<F, T, E>(future: F) -> Result<T, E>
 where
     F: Future<Output = Result<T, E>>,
@@ -250,12 +274,14 @@ where
 {
     let buffer = start()?;
     match buffer.scope(future).await {
-        Ok(value) => {
-            buffer.commit().await?;
-            Ok(value)
-        }
+        Ok(value) => match buffer.commit().await {
+            // The body closed its buffer itself: its own result stands.
+            Ok(_) | Err(Error::BufferClosed { .. }) => Ok(value),
+            Err(err) => Err(err.into()),
+        },
         Err(err) => {
-            buffer.terminate()?;
+            // Already closed by the body, or discarded now: either way the body's error stands.
+            let _ = buffer.terminate();
             Err(err)
         }
     }

@@ -13,6 +13,15 @@
 //! Emitting, committing, flushing or terminating a closed buffer returns
 //! [`Error::BufferClosed`]; nothing is ever silently ignored.
 //!
+//! # Commits are all-or-nothing
+//!
+//! `commit` and `flush` record the buffered events for every adapter at once, or not at all.
+//! The only thing a commit may wait for is room in a queue with the
+//! [block policy](crate::OverflowPolicy::Block), and it waits *before* anything is recorded:
+//! if the commit future is dropped there (a timeout, a cancelled request), nothing was
+//! committed, the buffer is still open and still holds its events. A commit that fails for any
+//! reason leaves the buffer as it was.
+//!
 //! # Concurrency and order
 //!
 //! A `Buffer` is a cheap handle (`Clone`, `Send + Sync`): spawned subtasks of a request can emit
@@ -24,7 +33,9 @@
 //! A payload that fails to serialize returns [`Error::Serialize`] and leaves the buffer
 //! unchanged. After [`Emissions::shutdown`](crate::Emissions::shutdown), emit and commit return
 //! [`Error::ShutDown`]; a failed commit keeps its events in the (still open) buffer, where
-//! [`events`](Buffer::events) hands them back.
+//! [`events`](Buffer::events) hands them back. A commit can also fail with
+//! [`Error::CommitTooLarge`] (more events than a block-policy queue holds) or, from inside an
+//! adapter's `handle_events`, [`Error::QueueFull`] — again keeping its events.
 //!
 //! # Example
 //!
@@ -51,7 +62,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde::Serialize;
 
 use crate::ambient;
-use crate::handler::{CASCADE_DEPTH, CAUSATION_ID, CORRELATION_ID};
+use crate::handler::Cascade;
+use crate::pipeline::Source;
 use crate::telemetry::{DropReason, TelemetryEvent, TerminateReason};
 use crate::{BufferState, Emissions, Error, Event, Metadata, Receipt};
 
@@ -83,23 +95,19 @@ impl fmt::Debug for Buffer {
     }
 }
 
-/// Where a handler's child buffer sits in a cascade.
-#[derive(Clone, Debug)]
-pub(crate) struct Cascade {
-    pub(crate) causation_id: String,
-    pub(crate) correlation_id: serde_json::Value,
-    pub(crate) depth: u32,
-    pub(crate) limit: u32,
-    pub(crate) handler: Arc<str>,
-}
-
 impl Buffer {
     pub(crate) fn new(emissions: Emissions) -> Self {
         Self::with_cascade(emissions, None)
     }
 
-    /// Opens a buffer (reports `emissions.buffer.started`); handlers' child buffers too.
-    pub(crate) fn with_cascade(emissions: Emissions, cascade: Option<Cascade>) -> Self {
+    /// The buffer of one handler run: follow-ups carry the cascade's metadata, and only the
+    /// run commits or discards it.
+    pub(crate) fn for_run(emissions: Emissions, cascade: Cascade) -> Self {
+        Self::with_cascade(emissions, Some(cascade))
+    }
+
+    /// Opens a buffer (reports `emissions.buffer.started`).
+    fn with_cascade(emissions: Emissions, cascade: Option<Cascade>) -> Self {
         emissions.telemetry(&TelemetryEvent::BufferStarted);
         Buffer {
             shared: Arc::new(BufferShared {
@@ -154,26 +162,17 @@ impl Buffer {
         let mut metadata = metadata;
         if let Some(cascade) = &self.shared.cascade {
             let name = name.into();
-            if cascade.depth > cascade.limit {
+            if let Err(err) = cascade.stamp(&mut metadata) {
                 self.shared
                     .emissions
                     .telemetry(&TelemetryEvent::EventDropped {
                         event_name: &name,
                         reason: DropReason::CascadeDepth,
                         adapter: None,
-                        handler: Some(&cascade.handler),
+                        handler: Some(cascade.handler()),
                     });
-                return Err(Error::CascadeDepth {
-                    depth: cascade.depth,
-                    limit: cascade.limit,
-                });
+                return Err(err);
             }
-            metadata.insert(
-                CAUSATION_ID.to_owned(),
-                serde_json::Value::String(cascade.causation_id.clone()),
-            );
-            metadata.insert(CORRELATION_ID.to_owned(), cascade.correlation_id.clone());
-            metadata.insert(CASCADE_DEPTH.to_owned(), cascade.depth.into());
             return self.push(Event::new(name, payload, metadata)?);
         }
         self.push(Event::new(name, payload, metadata)?)
@@ -202,6 +201,7 @@ impl Buffer {
     ///
     /// See the [module docs](crate::buffer).
     pub async fn commit(&self) -> Result<Receipt, Error> {
+        self.refuse_in_run()?;
         self.hand_over(BufferState::Committed).await
     }
 
@@ -221,40 +221,58 @@ impl Buffer {
     /// # Ok(()) }
     /// ```
     pub async fn flush(&self) -> Result<Receipt, Error> {
+        self.refuse_in_run()?;
         self.hand_over(BufferState::Open).await
     }
 
-    async fn hand_over(&self, next: BufferState) -> Result<Receipt, Error> {
-        let mut count = 0;
-        // Taken under the pipeline's fan-out lock: successive flushes of one buffer reach the
-        // queues in the order they took their events. After shutdown nothing is taken, so the
-        // events stay in the (still open) buffer.
-        let receipt = self
-            .shared
+    /// A handler run's buffer is committed by the run, not by the handler.
+    fn refuse_in_run(&self) -> Result<(), Error> {
+        match self.shared.cascade {
+            Some(_) => Err(Error::HandlerBuffer),
+            None => Ok(()),
+        }
+    }
+
+    /// Commits a handler run's follow-up events (the run succeeded).
+    pub(crate) async fn commit_for_run(&self) -> Result<Receipt, Error> {
+        self.hand_over(BufferState::Committed).await
+    }
+
+    /// Discards a handler run's follow-up events (the run failed) and returns them.
+    pub(crate) fn discard(&self) -> Vec<Event> {
+        let events = {
+            let mut inner = self.lock();
+            if inner.status != BufferState::Open {
+                return Vec::new();
+            }
+            inner.status = BufferState::Terminated;
+            std::mem::take(&mut inner.events)
+        };
+        self.shared
             .emissions
-            .dispatch(|| {
-                let mut inner = self.lock();
-                if inner.status != BufferState::Open {
-                    return Err(Error::BufferClosed {
-                        state: inner.status,
-                    });
-                }
-                inner.status = next;
-                let events = std::mem::take(&mut inner.events);
-                count = events.len();
-                Ok(events)
-            })
-            .await
-            .map_err(|err| match (err, self.state()) {
+            .telemetry(&TelemetryEvent::BufferTerminated {
+                event_count: events.len(),
+                reason: TerminateReason::Terminate,
+            });
+        events
+    }
+
+    async fn hand_over(&self, next: BufferState) -> Result<Receipt, Error> {
+        let source = Handover { buffer: self, next };
+        let receipt = self.shared.emissions.commit(&source).await.map_err(|err| {
+            match (err, self.state()) {
                 // A closed buffer says so, even after shutdown.
                 (Error::ShutDown, state) if state != BufferState::Open => {
                     Error::BufferClosed { state }
                 }
                 (err, _) => err,
-            })?;
+            }
+        })?;
         self.shared
             .emissions
-            .telemetry(&TelemetryEvent::BufferCommitted { event_count: count });
+            .telemetry(&TelemetryEvent::BufferCommitted {
+                event_count: receipt.event_count(),
+            });
         Ok(receipt)
     }
 
@@ -272,6 +290,7 @@ impl Buffer {
     /// # Ok(()) }
     /// ```
     pub fn terminate(&self) -> Result<usize, Error> {
+        self.refuse_in_run()?;
         let discarded = {
             let mut inner = self.lock();
             if inner.status != BufferState::Open {
@@ -328,6 +347,36 @@ impl Buffer {
 
     pub(crate) fn emissions(&self) -> &Emissions {
         &self.shared.emissions
+    }
+}
+
+/// A commit or flush of one buffer, as the pipeline takes it.
+struct Handover<'a> {
+    buffer: &'a Buffer,
+    next: BufferState,
+}
+
+impl Source for Handover<'_> {
+    fn pending(&self) -> Result<usize, Error> {
+        let inner = self.buffer.lock();
+        match inner.status {
+            BufferState::Open => Ok(inner.events.len()),
+            state => Err(Error::BufferClosed { state }),
+        }
+    }
+
+    fn take(&self, room: usize) -> Result<Option<Vec<Event>>, Error> {
+        let mut inner = self.buffer.lock();
+        if inner.status != BufferState::Open {
+            return Err(Error::BufferClosed {
+                state: inner.status,
+            });
+        }
+        if inner.events.len() > room {
+            return Ok(None);
+        }
+        inner.status = self.next;
+        Ok(Some(std::mem::take(&mut inner.events)))
     }
 }
 

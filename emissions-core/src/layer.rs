@@ -108,7 +108,10 @@ where
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let buffer = self.emissions.start();
         request.extensions_mut().insert(buffer.clone());
-        let response = self.inner.call(request);
+        // The inner service's synchronous `call` (where a `service_fn` may already emit) sees
+        // the buffer too, not only the future it returns.
+        let inner = &mut self.inner;
+        let response = crate::ambient::sync_scope_buffer(buffer.clone(), || inner.call(request));
         Box::pin(async move {
             let result = buffer.scope(response).await;
             let success = result.as_ref().is_ok_and(|response| {

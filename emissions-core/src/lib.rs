@@ -19,6 +19,79 @@
 //! - [`topic_router!`]: compile-time event → topic routing (see [`router`]).
 //! - `layer` (feature `tower`): a buffer per HTTP request, committed on 2xx/3xx.
 //!
+//! # Delivery semantics
+//!
+//! These hold for every adapter, including the handler dispatcher; the tests pin each one down.
+//!
+//! ## Commits are all-or-nothing
+//!
+//! A commit ([`Buffer::commit`], [`Buffer::flush`], [`Emissions::emit_now`]) is recorded for
+//! every adapter at once or not at all. Under the [block policy](OverflowPolicy::Block) it
+//! waits for room in every blocking queue *before* anything is recorded; if it is cancelled
+//! while waiting, nothing was committed and the buffer is still open and holds its events. A
+//! commit made from inside an adapter's `handle_events` never waits (it could be waiting on
+//! itself): it fails with [`Error::QueueFull`] and commits nothing.
+//!
+//! ## Accounting
+//!
+//! Each committed event ends, for each adapter, in exactly one state — delivered, filtered
+//! (the adapter was not `interested`), failed (a permanent failure, or retries used up) or
+//! dropped (queue or backlog overflow, or the shutdown deadline) — so that
+//! `committed = delivered + filtered + failed + dropped` per adapter ([`DeliveryCounts`]).
+//! Failed and dropped events both go to the adapter's dead-letter hook ([`DeadLetter`], with
+//! their [`DeadLetterCause`]). Every state change goes through one internal ledger, which
+//! also wakes [`Receipt::settled`] and [`Emissions::settled`].
+//!
+//! ## Ordering
+//!
+//! Commits reach every adapter in one global order, and the events of one commit reach each
+//! adapter contiguously and in emit order — on the first attempt. Under retries, order is
+//! opt-in and per key ([`AdapterOptions::ordered_by`]): without a key, a failed event waits
+//! for its retry *beside* the queue while the events behind it go on (so a retried event may
+//! arrive after later ones); with a key, at most one event of a key is in flight at a time and
+//! a retrying event holds back only the later events of its own key.
+//!
+//! ## Retries
+//!
+//! Attempts belong to each event and count only real attempts: an event that was held back
+//! behind its key, or dropped before it was tried, is charged nothing. The delay before the
+//! next attempt follows the [`RetryPolicy`] (exponential with jitter, or an explicit
+//! schedule), or the destination's own wait ([`Failure::retry_after`]) when that is longer;
+//! events that failed together are retried together. Time is tokio's, so a paused clock runs
+//! hour-long schedules in a test instantly. The backlog of waiting events is bounded
+//! ([`AdapterOptions::backlog`]) and its overflow follows the adapter's overflow policy.
+//!
+//! ## Backpressure
+//!
+//! Each adapter has its own bounded queue and consumer task; a slow, failing or stalled
+//! adapter never delays another. A full queue applies that adapter's [`OverflowPolicy`]:
+//! drop the newest events (the default; a commit never waits), evict the oldest, or block the
+//! committer.
+//!
+//! ## User code never stops the engine
+//!
+//! A panic in `handle_events` fails that batch (retryable); in `interested` or an ordering key
+//! function, that one event (permanently, 0 attempts); in a handler, that run; in a telemetry
+//! observer or a dead-letter hook, nothing but itself (logged). The consumer and every other
+//! adapter and handler go on.
+//!
+//! ## Shutdown
+//!
+//! [`Emissions::shutdown`] stops accepting commits, drains every queue and every retry due
+//! before the deadline, calls each adapter's `shutdown` (Kafka flushes there), waits for
+//! handler runs, and returns a [`DeliveryReport`]. What is still queued, in flight or waiting
+//! at the deadline is counted as dropped, dead-lettered, and the adapter marked
+//! `deadline_exceeded`. The report is built only after all that work has ended or was
+//! cancelled and joined, so it always balances. Shutdown is idempotent and cancel-safe: any
+//! number of calls, concurrent, repeated or cancelled, end with the same report.
+//!
+//! ## Durability
+//!
+//! Delivery state lives in memory. If the process dies, events that are queued, in flight or
+//! waiting for a retry are lost and reported nowhere (at-most-once across crashes); a graceful
+//! shutdown counts them and hands them to the dead-letter hook. The `emissions-outbox` crate
+//! persists them instead.
+//!
 //! # Features
 //!
 //! - `tower`: the per-request [`tower` layer](https://docs.rs/tower) for axum and hyper services.
@@ -59,18 +132,21 @@
 mod adapter;
 pub mod ambient;
 pub mod buffer;
+mod builder;
 mod emissions;
 mod error;
 mod event;
 pub mod handler;
 #[cfg(feature = "tower")]
 pub mod layer;
+mod ledger;
 mod options;
 #[cfg(feature = "opentelemetry")]
 pub mod otel;
+mod panic;
 mod pipeline;
-mod receipt;
 pub mod router;
+mod shutdown;
 pub mod telemetry;
 
 pub use adapter::{Adapter, BatchError, Failure};
@@ -80,13 +156,18 @@ pub use ambient::{
 };
 pub use async_trait::async_trait;
 pub use buffer::Buffer;
-pub use emissions::{Emissions, EmissionsBuilder};
+pub use builder::EmissionsBuilder;
+pub use emissions::Emissions;
 pub use error::{BoxError, BufferState, Error};
 pub use event::{Event, Metadata};
 pub use handler::{
-    CASCADE_DEPTH, CAUSATION_ID, CORRELATION_ID, Handled, Handler, HandlerContext, HandlerCounts,
-    HandlerOptions, HandlerReport,
+    CASCADE_DEPTH, CAUSATION_ID, CORRELATION_ID, Handled, Handler, HandlerContext, HandlerOptions,
 };
-pub use options::{AdapterOptions, DeadLetter, DeadLetterHook, OverflowPolicy, RetryPolicy};
-pub use receipt::{AdapterReport, CommitOutcome, DeliveryCounts, DeliveryReport, Receipt};
+pub use ledger::{
+    AdapterReport, CommitOutcome, DeliveryCounts, DeliveryReport, HandlerCounts, HandlerReport,
+    Receipt,
+};
+pub use options::{
+    AdapterOptions, DeadLetter, DeadLetterCause, DeadLetterHook, OverflowPolicy, RetryPolicy,
+};
 pub use router::TopicRouter;

@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::telemetry::DropReason;
 use crate::{Error, Event, Failure};
 
 /// What happens when an adapter's queue is full at commit time.
@@ -22,8 +23,13 @@ pub enum OverflowPolicy {
     /// Evict the oldest queued events to make room (reason `queue_evicted`). The commit never
     /// waits.
     DropOldest,
-    /// Make the committer wait until there is room. A stalled adapter then stalls commits (all
-    /// adapters see commits in one global order), so use it only where losing an event is worse.
+    /// Make the committer wait until there is room for the whole commit. A stalled adapter then
+    /// stalls commits (all adapters see commits in one global order), so use it only where
+    /// losing an event is worse. A commit that waits can be cancelled: nothing is committed
+    /// and the buffer keeps its events. A commit larger than the queue's capacity fails with
+    /// [`Error::CommitTooLarge`](crate::Error::CommitTooLarge); a commit made from inside an
+    /// adapter's `handle_events` never waits and fails with
+    /// [`Error::QueueFull`](crate::Error::QueueFull) instead (waiting there could deadlock).
     Block,
 }
 
@@ -142,7 +148,8 @@ impl RetryPolicy {
         }
     }
 
-    /// Stop retrying once this much time has passed since the first attempt. Defaults to none.
+    /// Stop retrying once the next attempt would come later than this after the event's first
+    /// attempt. Defaults to none.
     ///
     /// ```
     /// let p = emissions_core::RetryPolicy::default()
@@ -184,9 +191,15 @@ impl RetryPolicy {
     }
 
     /// The jittered delay after failed attempt `attempt`: uniform in `[base / 2, base]`.
+    #[cfg(test)]
     pub(crate) fn delay(&self, attempt: u32) -> Duration {
-        let base = self.base_delay(attempt);
-        base.mul_f64(0.5 + fastrand::f64() * 0.5)
+        self.jittered(attempt, jitter())
+    }
+
+    /// The delay after failed attempt `attempt` for a jitter draw from [`jitter`]: events that
+    /// failed together share one draw, so they come due (and are retried) together.
+    pub(crate) fn jittered(&self, attempt: u32, jitter: f64) -> Duration {
+        self.base_delay(attempt).mul_f64(jitter.clamp(0.5, 1.0))
     }
 
     pub(crate) fn validate(&self, adapter: &str) -> Result<(), Error> {
@@ -215,22 +228,60 @@ impl RetryPolicy {
     }
 }
 
-/// Events an adapter or a handler gave up on, handed back to the application.
+/// Why events reached the dead-letter hook.
+///
+/// ```
+/// use emissions_core::{telemetry::DropReason, DeadLetterCause};
+/// let cause = DeadLetterCause::Dropped(DropReason::QueueFull);
+/// assert_ne!(cause, DeadLetterCause::Failed);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DeadLetterCause {
+    /// The destination failed them permanently, or their retries ran out (counted as failed).
+    Failed,
+    /// The engine could not deliver them: a full queue or backlog, or the shutdown deadline
+    /// (counted as dropped).
+    Dropped(DropReason),
+}
+
+/// A jitter draw for [`RetryPolicy::jittered`]: uniform in `[0.5, 1]`.
+pub(crate) fn jitter() -> f64 {
+    0.5 + fastrand::f64() * 0.5
+}
+
+/// Events an adapter or a handler gave up on, handed back to the application — failed ones
+/// and dropped ones alike, so an application can persist whatever the engine could not
+/// deliver.
+///
+/// ```
+/// use emissions_core::{AdapterOptions, DeadLetterCause};
+/// let options = AdapterOptions::default().dead_letter(|dead| match dead.cause {
+///     DeadLetterCause::Failed => eprintln!("{} failed {} events: {}", dead.destination, dead.events.len(), dead.failure),
+///     DeadLetterCause::Dropped(reason) => eprintln!("{} dropped {} events ({reason})", dead.destination, dead.events.len()),
+///     _ => {}
+/// });
+/// # let _ = options;
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct DeadLetter {
     /// The registered name of the adapter or handler that gave up.
     pub destination: Arc<str>,
-    /// The failed events, in emit order.
+    /// The events, in emit order.
     pub events: Vec<Event>,
-    /// The last failure.
+    /// The last failure (for drops: a permanent failure naming the drop reason).
     pub failure: Failure,
-    /// How many attempts were made.
+    /// How many attempts each event really got (0 when none was made, e.g. dropped on
+    /// arrival, or refused by `interested` or a key function that panicked).
     pub attempts: u32,
+    /// Whether they failed or were dropped.
+    pub cause: DeadLetterCause,
 }
 
-/// A callback that receives dead letters. It runs on the adapter's consumer task: keep it short
-/// (hand the events to a channel or a store). A panic in it is caught and logged.
+/// A callback that receives dead letters. It runs on the adapter's consumer task (for events
+/// dropped on arrival, on the committing task; at shutdown, on the task that shuts down): keep
+/// it short (hand the events to a channel or a store). A panic in it is caught and logged.
 ///
 /// ```
 /// use emissions_core::DeadLetterHook;
@@ -262,6 +313,29 @@ impl fmt::Debug for DeadLetterHook {
     }
 }
 
+type KeyFnInner = dyn Fn(&Event) -> Option<String> + Send + Sync;
+
+/// A function giving an event's ordering key (see [`AdapterOptions::ordered_by`]).
+#[derive(Clone)]
+pub(crate) struct KeyFn(Arc<KeyFnInner>);
+
+impl KeyFn {
+    pub(crate) fn new(key: impl Fn(&Event) -> Option<String> + Send + Sync + 'static) -> Self {
+        KeyFn(Arc::new(key))
+    }
+
+    /// The key of `event`; a panic in the user's function is returned as `Err(message)`.
+    pub(crate) fn key(&self, event: &Event) -> Result<Option<String>, String> {
+        crate::panic::contain(|| (self.0)(event))
+    }
+}
+
+impl fmt::Debug for KeyFn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeyFn(..)")
+    }
+}
+
 /// Options of one registered adapter. Plain data with documented defaults; checked by
 /// [`validate`](Self::validate) when the instance starts.
 ///
@@ -288,12 +362,17 @@ pub struct AdapterOptions {
     pub max_demand: usize,
     /// Events the adapter's queue holds. Defaults to 10 000.
     pub capacity: usize,
-    /// What a full queue does. Defaults to [`OverflowPolicy::DropNewest`].
+    /// What a full queue (or a full backlog) does. Defaults to [`OverflowPolicy::DropNewest`].
     pub overflow: OverflowPolicy,
     /// Retries of failed events. Defaults to [`RetryPolicy::default`].
     pub retry: RetryPolicy,
-    /// Receives events the adapter gave up on. Defaults to none (they are logged and counted).
+    /// Receives events the adapter gave up on or dropped. Defaults to none (they are logged
+    /// and counted).
     pub dead_letter: Option<DeadLetterHook>,
+    /// Events that may wait beside the queue — for a retry, or behind a retrying event of
+    /// their key. Defaults to 10 000.
+    pub backlog: usize,
+    pub(crate) key: Option<KeyFn>,
 }
 
 impl Default for AdapterOptions {
@@ -304,6 +383,8 @@ impl Default for AdapterOptions {
             overflow: OverflowPolicy::DropNewest,
             retry: RetryPolicy::default(),
             dead_letter: None,
+            backlog: 10_000,
+            key: None,
         }
     }
 }
@@ -364,6 +445,52 @@ impl AdapterOptions {
         self
     }
 
+    /// Sets how many events may wait beside the queue, for a retry or behind a retrying event
+    /// of their key. When it is full, the overflow policy applies: drop newest drops the event
+    /// that would wait, drop oldest evicts the oldest waiting retry, block stops taking new
+    /// events from the queue until there is room (the queue then fills and blocks committers).
+    /// Drops are counted with reason `backlog_full`. Defaults to 10 000.
+    ///
+    /// ```
+    /// assert_eq!(emissions_core::AdapterOptions::default().backlog(100).backlog, 100);
+    /// ```
+    pub fn backlog(mut self, events: usize) -> Self {
+        self.backlog = events;
+        self
+    }
+
+    /// Keeps the events of one key in commit order at this adapter, under retries: at most one
+    /// event of a key is in flight at a time (a batch holds at most one event per key), and an
+    /// event waiting for a retry holds back only the later events of its key — they are not
+    /// attempted, and not charged an attempt, until it is delivered or given up on. Events
+    /// whose key is `None`, and other keys, flow freely. Defaults to unordered: a failed event
+    /// waits for its retry beside the queue while every other event goes on.
+    ///
+    /// A panic in `key` fails that event permanently (dead-lettered, 0 attempts).
+    ///
+    /// ```
+    /// use emissions_core::AdapterOptions;
+    /// let options = AdapterOptions::default()
+    ///     .ordered_by(|event| event.payload_json()["order_id"].as_u64().map(|id| id.to_string()));
+    /// assert!(options.validate("webhook").is_ok());
+    /// ```
+    pub fn ordered_by(
+        mut self,
+        key: impl Fn(&Event) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.key = Some(KeyFn::new(key));
+        self
+    }
+
+    /// Whether [`ordered_by`](Self::ordered_by) is set.
+    ///
+    /// ```
+    /// assert!(!emissions_core::AdapterOptions::default().is_ordered());
+    /// ```
+    pub fn is_ordered(&self) -> bool {
+        self.key.is_some()
+    }
+
     /// Checks the options; the error names the adapter and the field and says how to fix it.
     ///
     /// ```
@@ -376,6 +503,9 @@ impl AdapterOptions {
         }
         if self.max_demand == 0 {
             return Err(Error::config(adapter, "max_demand", "must be at least 1"));
+        }
+        if self.backlog == 0 {
+            return Err(Error::config(adapter, "backlog", "must be at least 1"));
         }
         if self.max_demand > self.capacity {
             return Err(Error::config(
@@ -436,6 +566,7 @@ mod tests {
         let cases = [
             (AdapterOptions::default().capacity(0), "capacity"),
             (AdapterOptions::default().max_demand(0), "max_demand"),
+            (AdapterOptions::default().backlog(0), "backlog"),
             (
                 AdapterOptions::default().retry(RetryPolicy::default().max_attempts(0)),
                 "retry.max_attempts",

@@ -94,6 +94,8 @@ pub enum DropReason {
     Shutdown,
     /// A cascade went deeper than the configured limit.
     CascadeDepth,
+    /// The adapter's backlog (events waiting for a retry or behind their key) was full.
+    BacklogFull,
 }
 
 impl DropReason {
@@ -109,6 +111,7 @@ impl DropReason {
             DropReason::QueueEvicted => "queue_evicted",
             DropReason::Shutdown => "shutdown",
             DropReason::CascadeDepth => "cascade_depth",
+            DropReason::BacklogFull => "backlog_full",
         }
     }
 }
@@ -469,8 +472,15 @@ pub(crate) struct Telemetry {
 }
 
 impl Telemetry {
+    /// Emits `event` as a `tracing` event and to every observer. Observers (and tracing
+    /// subscribers) are user code: a panic in one is logged and stops nothing.
     pub(crate) fn emit(&self, event: &TelemetryEvent<'_>) {
-        trace(event);
+        if let Err(panic) = crate::panic::contain(|| trace(event)) {
+            eprintln!(
+                "emissions: a tracing subscriber panicked on {}: {panic}",
+                event.name()
+            );
+        }
         if !self.any.load(Ordering::Acquire) {
             return;
         }
@@ -483,7 +493,9 @@ impl Telemetry {
             .map(|(_, f)| f.clone())
             .collect();
         for observer in observers {
-            observer(event);
+            if let Err(panic) = crate::panic::contain(|| observer(event)) {
+                tracing::error!(target: "emissions", telemetry_event = event.name(), panic, "telemetry observer panicked");
+            }
         }
     }
 

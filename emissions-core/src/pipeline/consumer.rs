@@ -1,0 +1,470 @@
+//! [`Consumer`]: the task that feeds one adapter.
+//!
+//! Each round it builds a batch of up to `max_demand` events — events released from behind
+//! their key first, then retries that have come due, then new events from the queue (checked
+//! with `interested`, and for ordered adapters admitted one per key) — hands it to
+//! `handle_events`, and settles every event of it on its own: delivered ones at once, failed
+//! ones into the backlog for their retry (or the dead-letter step when the policy gives up).
+//! A failed event never holds the queue: the next round goes on with the events behind it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::ledger::{Final, Ledger};
+use crate::options::jitter;
+use crate::panic;
+use crate::pipeline::retry::Admission;
+use crate::pipeline::segment::{Segment, drop_all, fail_all};
+use crate::pipeline::{Control, Lane};
+use crate::telemetry::{DropReason, TelemetryEvent};
+use crate::{Adapter, AdapterOptions, BatchError, Event, Failure, OverflowPolicy};
+
+/// How long consumers may keep draining when the last handle is dropped without `shutdown`.
+pub(crate) const DETACHED_GRACE: Duration = Duration::from_secs(10);
+
+tokio::task_local! {
+    /// Set while an adapter's `handle_events` runs: commits made there never wait.
+    static DELIVERING: ();
+}
+
+/// Whether this task is inside an adapter's `handle_events`.
+pub(crate) fn delivering() -> bool {
+    DELIVERING.try_with(|()| ()).is_ok()
+}
+
+/// What a delivery round left the consumer to do.
+enum Flow {
+    Continue,
+    /// The shutdown deadline passed during the call.
+    Aborted,
+    /// Shutdown gave up on this consumer; it must not touch the ledger again.
+    Fenced,
+}
+
+/// The task that feeds one adapter.
+pub(crate) struct Consumer {
+    pub(crate) lane: Arc<Lane>,
+    pub(crate) adapter: Box<dyn Adapter>,
+    pub(crate) options: AdapterOptions,
+    pub(crate) ledger: Arc<Ledger>,
+    pub(crate) control: Arc<Control>,
+}
+
+impl Consumer {
+    fn name(&self) -> &str {
+        self.ledger.lane_name(self.lane.index)
+    }
+
+    pub(crate) async fn run(mut self) {
+        let abort = self.control.abort.clone();
+        let mut deadline = self.control.watch();
+        let drained = loop {
+            if abort.is_cancelled() {
+                break false;
+            }
+            let Some(batch) = self.next_batch() else {
+                return; // fenced
+            };
+            if !batch.is_empty() {
+                match self.deliver(batch, &abort).await {
+                    Flow::Continue => continue,
+                    Flow::Aborted => break false,
+                    Flow::Fenced => return,
+                }
+            }
+            if self.lane.inbox.is_drained() && self.lane.backlog().is_empty() {
+                break true;
+            }
+            idle(&self.lane, &abort, &mut deadline).await;
+        };
+        if drained {
+            self.shut_adapter_down(&abort).await;
+        } else {
+            self.abandon_leftovers();
+        }
+    }
+
+    /// Builds the next batch; `None` once fenced.
+    fn next_batch(&mut self) -> Option<Vec<Segment>> {
+        let now = Instant::now();
+        let max = self.options.max_demand;
+        let mut batch = Vec::new();
+        let mut late = Vec::new();
+        let (taken, room) = {
+            let mut backlog = self.lane.backlog();
+            if backlog.is_fenced() {
+                return None;
+            }
+            if self.lane.inbox.is_closed() {
+                // Shutting down: a retry due after the deadline can never be made.
+                let deadline = self.deadline_or_grace(now);
+                late = backlog.take_due_after(deadline);
+                for segment in &late {
+                    if let Some(key) = &segment.key {
+                        backlog.release(key);
+                    }
+                }
+            }
+            let taken = backlog.take_due(now, max, &mut batch);
+            let room = self.options.overflow != OverflowPolicy::Block
+                || backlog.waiting() < self.options.backlog;
+            (taken, room)
+        };
+        if !late.is_empty() {
+            self.ledger.set_deadline_exceeded(self.lane.index);
+            self.ledger.set_shutdown_error(
+                self.lane.index,
+                "retries due after the shutdown deadline were dropped",
+            );
+            drop_all(late, DropReason::Shutdown);
+        }
+        if taken < max && room {
+            let mut fresh = Vec::new();
+            self.lane.inbox.take(max - taken, &mut fresh);
+            for segment in fresh {
+                self.admit(segment, &mut batch);
+            }
+        }
+        Some(batch)
+    }
+
+    /// Checks new events with `interested`, and for ordered adapters admits one per key.
+    fn admit(&self, segment: Segment, batch: &mut Vec<Segment>) {
+        let adapter = &self.adapter;
+        for (wanted, run) in segment.split_by(|e| panic::contain(|| adapter.interested(e))) {
+            match wanted {
+                Ok(true) if self.options.key.is_some() => self.admit_keyed(run, batch),
+                Ok(true) => batch.push(run),
+                Ok(false) => run.settle(Final::Filtered),
+                Err(panic) => fail_all(
+                    vec![run],
+                    Failure::permanent(format!("interested panicked: {panic}")),
+                ),
+            }
+        }
+    }
+
+    fn admit_keyed(&self, mut run: Segment, batch: &mut Vec<Segment>) {
+        let key_fn = self.options.key.as_ref().expect("ordered adapter");
+        let mut dropped = Vec::new();
+        while run.len() > 0 {
+            let mut single = run.split_front(1);
+            let key = match key_fn.key(&single.events()[0]) {
+                Ok(Some(key)) => key,
+                Ok(None) => {
+                    batch.push(single);
+                    continue;
+                }
+                Err(panic) => {
+                    fail_all(
+                        vec![single],
+                        Failure::permanent(format!("ordering key panicked: {panic}")),
+                    );
+                    continue;
+                }
+            };
+            let key: Arc<str> = Arc::from(key);
+            single.key = Some(key.clone());
+            let mut backlog = self.lane.backlog();
+            // Only an event that would wait behind its key takes a place in the backlog.
+            if backlog.is_busy(&key) && backlog.waiting() >= self.options.backlog {
+                match self.options.overflow {
+                    OverflowPolicy::DropNewest => {
+                        dropped.push(single);
+                        continue;
+                    }
+                    OverflowPolicy::DropOldest => match backlog.evict_oldest_retry() {
+                        Some(evicted) => {
+                            if let Some(key) = &evicted.key {
+                                backlog.release(key);
+                            }
+                            dropped.push(evicted);
+                        }
+                        None => {
+                            dropped.push(single);
+                            continue;
+                        }
+                    },
+                    // Block: held anyway; no new events are taken until there is room.
+                    _ => {}
+                }
+            }
+            if let Admission::Go(single) = backlog.admit(single) {
+                batch.push(single);
+            }
+        }
+        if !dropped.is_empty() {
+            drop_all(dropped, DropReason::BacklogFull);
+        }
+    }
+
+    /// Hands `batch` to the adapter and settles each event on its own.
+    async fn deliver(&mut self, mut batch: Vec<Segment>, abort: &CancellationToken) -> Flow {
+        let events: Vec<Event> = batch
+            .iter()
+            .flat_map(|s| s.events().iter().cloned())
+            .collect();
+        let started = Instant::now();
+        for segment in &mut batch {
+            segment.attempts.attempted(started);
+        }
+        self.lane.backlog().send(batch);
+        let call = DELIVERING.scope(
+            (),
+            panic::contain_async(self.adapter.handle_events(&events)),
+        );
+        let result = tokio::select! {
+            biased;
+            () = abort.cancelled() => None,
+            result = call => Some(result),
+        };
+        let duration = started.elapsed();
+        let batch = {
+            let mut backlog = self.lane.backlog();
+            if backlog.is_fenced() {
+                return Flow::Fenced;
+            }
+            backlog.returned()
+        };
+        match result {
+            None => {
+                // Whether these reached the destination is unknown: dropped, not delivered.
+                drop_all(batch, DropReason::Shutdown);
+                Flow::Aborted
+            }
+            Some(result) => {
+                self.settle(batch, events.len(), result, duration);
+                Flow::Continue
+            }
+        }
+    }
+
+    /// Turns the adapter's answer into a final state or a retry for every event of the batch.
+    fn settle(
+        &self,
+        batch: Vec<Segment>,
+        count: usize,
+        result: Result<Result<(), BatchError>, String>,
+        duration: Duration,
+    ) {
+        let adapter = self.name();
+        // `failed[i]`: which failure (index into `failures`) event `i` of the batch had.
+        let (failed, failures): (Vec<Option<usize>>, Vec<Failure>) = match result {
+            Ok(Ok(())) => (vec![None; count], Vec::new()),
+            Ok(Err(BatchError::Batch(failure))) => (vec![Some(0); count], vec![failure]),
+            Err(panic) => (
+                vec![Some(0); count],
+                vec![Failure::retryable(format!("panicked: {panic}"))],
+            ),
+            Ok(Err(BatchError::Events(mut list))) => {
+                list.sort_by_key(|(index, _)| *index);
+                list.dedup_by_key(|(index, _)| *index);
+                if let Some((index, _)) = list.iter().find(|(i, _)| *i >= count) {
+                    tracing::warn!(target: "emissions", adapter, index, batch = count, "adapter named a failed event outside its batch; ignored");
+                    list.retain(|(i, _)| *i < count);
+                }
+                let mut failed = vec![None; count];
+                let mut failures = Vec::with_capacity(list.len());
+                for (index, failure) in list {
+                    failed[index] = Some(failures.len());
+                    failures.push(failure);
+                }
+                (failed, failures)
+            }
+        };
+        let failed_count = failed.iter().filter(|f| f.is_some()).count();
+        if failed_count < count {
+            self.ledger
+                .telemetry()
+                .emit(&TelemetryEvent::AdapterSuccess {
+                    adapter,
+                    event_count: count - failed_count,
+                    duration,
+                });
+        }
+        if let Some(first) = failures.first() {
+            self.ledger.telemetry().emit(&TelemetryEvent::AdapterError {
+                adapter,
+                reason: &first.to_string(),
+                event_count: failed_count,
+                duration,
+            });
+        }
+        self.finish(batch, &failed, failures);
+    }
+
+    /// Settles a returned batch: `failed[i]` names the failure of event `i` of the batch
+    /// (`None`: delivered). Failed events are scheduled for a retry or given up on.
+    fn finish(&self, batch: Vec<Segment>, failed: &[Option<usize>], failures: Vec<Failure>) {
+        let now = Instant::now();
+        // One jitter draw per call: events that failed together are retried together.
+        let draw = jitter();
+        let mut delivered = Vec::new();
+        let mut given_up: Vec<Vec<Segment>> = failures.iter().map(|_| Vec::new()).collect();
+        let mut overflow = Vec::new();
+        let mut index = 0;
+        {
+            let mut backlog = self.lane.backlog();
+            for segment in batch {
+                let runs = segment.split_by(|_| {
+                    index += 1;
+                    failed[index - 1]
+                });
+                for (failure, run) in runs {
+                    let Some(group) = failure else {
+                        if let Some(key) = &run.key {
+                            backlog.release(key);
+                        }
+                        delivered.push(run);
+                        continue;
+                    };
+                    let failure = &failures[group];
+                    let retry_at = if failure.is_retryable() {
+                        run.attempts.next(
+                            &self.options.retry,
+                            draw,
+                            failure.retry_after_hint(),
+                            now,
+                        )
+                    } else {
+                        None
+                    };
+                    match retry_at {
+                        Some(at) => self.schedule(&mut backlog, run, at, &mut overflow),
+                        None => {
+                            if let Some(key) = &run.key {
+                                backlog.release(key);
+                            }
+                            given_up[group].push(run);
+                        }
+                    }
+                }
+            }
+        }
+        for segment in delivered {
+            segment.settle(Final::Delivered);
+        }
+        for (segments, failure) in given_up.into_iter().zip(failures) {
+            if !segments.is_empty() {
+                fail_all(segments, failure);
+            }
+        }
+        if !overflow.is_empty() {
+            drop_all(overflow, DropReason::BacklogFull);
+        }
+    }
+
+    /// Puts `segment` in the backlog for a retry at `at`, applying the overflow policy when
+    /// the backlog is full; what does not fit goes to `overflow`.
+    fn schedule(
+        &self,
+        backlog: &mut crate::pipeline::retry::Backlog,
+        segment: Segment,
+        at: Instant,
+        overflow: &mut Vec<Segment>,
+    ) {
+        if backlog.waiting() + segment.len() > self.options.backlog {
+            match self.options.overflow {
+                OverflowPolicy::DropOldest => {
+                    if let Some(evicted) = backlog.evict_oldest_retry() {
+                        if let Some(key) = &evicted.key {
+                            backlog.release(key);
+                        }
+                        overflow.push(evicted);
+                    } else {
+                        if let Some(key) = &segment.key {
+                            backlog.release(key);
+                        }
+                        overflow.push(segment);
+                        return;
+                    }
+                }
+                OverflowPolicy::Block => {} // no new events are taken until there is room
+                _ => {
+                    if let Some(key) = &segment.key {
+                        backlog.release(key);
+                    }
+                    overflow.push(segment);
+                    return;
+                }
+            }
+        }
+        backlog.schedule(segment, at);
+    }
+
+    fn deadline_or_grace(&self, now: Instant) -> Instant {
+        self.control
+            .deadline()
+            .unwrap_or_else(|| now + DETACHED_GRACE)
+    }
+
+    /// After a clean drain: the adapter's own `shutdown`, bounded by the deadline.
+    async fn shut_adapter_down(&mut self, abort: &CancellationToken) {
+        let deadline = self.deadline_or_grace(Instant::now());
+        let late = "shutdown deadline passed during adapter shutdown";
+        let shutdown = panic::contain_async(self.adapter.shutdown(deadline));
+        let error = tokio::select! {
+            biased;
+            () = abort.cancelled() => Some(late.to_owned()),
+            result = tokio::time::timeout_at(deadline, shutdown) => match result {
+                Ok(Ok(Ok(()))) => None,
+                Ok(Ok(Err(err))) => Some(err.to_string()),
+                Ok(Err(panic)) => Some(format!("panicked: {panic}")),
+                Err(_) => Some(late.to_owned()),
+            },
+        };
+        if let Some(error) = error {
+            self.ledger.set_shutdown_error(self.lane.index, &error);
+        }
+    }
+
+    /// After the abort: whatever is still queued or waiting is dropped.
+    fn abandon_leftovers(&self) {
+        let mut leftovers = {
+            let mut backlog = self.lane.backlog();
+            if backlog.is_fenced() {
+                return;
+            }
+            backlog.take_all()
+        };
+        leftovers.extend(self.lane.inbox.drain());
+        self.ledger.set_deadline_exceeded(self.lane.index);
+        self.ledger.set_shutdown_error(
+            self.lane.index,
+            "shutdown deadline passed before the queue was drained",
+        );
+        drop_all(leftovers, DropReason::Shutdown);
+    }
+}
+
+/// Waits for a commit, the next retry, a deadline change, or the abort.
+async fn idle(
+    lane: &Lane,
+    abort: &CancellationToken,
+    deadline: &mut watch::Receiver<Option<Instant>>,
+) {
+    let next_due = lane.backlog().next_due();
+    let deadline_changed = async {
+        if deadline.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        biased;
+        () = abort.cancelled() => {}
+        () = lane.inbox.woken() => {}
+        () = deadline_changed => {}
+        () = sleep_until_opt(next_due) => {}
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,258 @@
+//! The delivery pipeline: one bounded queue ([`queue::Inbox`]) and one consumer task
+//! ([`consumer::Consumer`]) per adapter, fed by an all-or-nothing fan-out.
+//!
+//! The semantics (ordering, backpressure, retries, shutdown) are documented on the crate root.
+
+pub(crate) mod consumer;
+pub(crate) mod queue;
+pub(crate) mod retry;
+pub(crate) mod segment;
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::{SemaphorePermit, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::ledger::Ledger;
+use crate::telemetry::DropReason;
+use crate::{Error, Event, OverflowPolicy, Receipt};
+use queue::Inbox;
+use retry::Backlog;
+use segment::{Segment, drop_all};
+
+/// One adapter's queue and what its consumer holds.
+#[derive(Debug)]
+pub(crate) struct Lane {
+    pub(crate) index: usize,
+    pub(crate) inbox: Inbox,
+    backlog: Mutex<Backlog>,
+}
+
+impl Lane {
+    pub(crate) fn new(index: usize, capacity: usize, policy: OverflowPolicy) -> Self {
+        Lane {
+            index,
+            inbox: Inbox::new(capacity, policy),
+            backlog: Mutex::new(Backlog::default()),
+        }
+    }
+
+    pub(crate) fn backlog(&self) -> MutexGuard<'_, Backlog> {
+        self.backlog.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Shutdown gives up on this lane's consumer (it did not return in time): everything it
+    /// holds or has queued is dropped now, and what it reports later is ignored.
+    pub(crate) fn fence(&self) {
+        let mut abandoned = self.backlog().fence();
+        abandoned.extend(self.inbox.drain());
+        drop_all(abandoned, DropReason::Shutdown);
+    }
+}
+
+/// Where the events of a commit come from (a buffer, or `emit_now`'s one event).
+pub(crate) trait Source: Sync {
+    /// How many events a commit would take now, to reserve room for.
+    fn pending(&self) -> Result<usize, Error>;
+
+    /// Takes the events, if there are at most `room` (else `None`: more arrived meanwhile).
+    /// Called under the fan-out lock; once it returns events, the commit is recorded.
+    fn take(&self, room: usize) -> Result<Option<Vec<Event>>, Error>;
+}
+
+/// Signals from shutdown to the consumers: the deadline (only ever brought forward) and the
+/// abort once it has passed.
+#[derive(Debug)]
+pub(crate) struct Control {
+    deadline: watch::Sender<Option<Instant>>,
+    pub(crate) abort: CancellationToken,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Control {
+            deadline: watch::Sender::new(None),
+            abort: CancellationToken::new(),
+        }
+    }
+}
+
+impl Control {
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        *self.deadline.borrow()
+    }
+
+    /// Sets the deadline, or brings it forward; never pushes it back.
+    pub(crate) fn shorten(&self, deadline: Instant) {
+        self.deadline.send_if_modified(|current| match current {
+            Some(existing) if *existing <= deadline => false,
+            _ => {
+                *current = Some(deadline);
+                true
+            }
+        });
+    }
+
+    pub(crate) fn watch(&self) -> watch::Receiver<Option<Instant>> {
+        self.deadline.subscribe()
+    }
+}
+
+/// The producer side: all-or-nothing fan-out of commits to every adapter's queue.
+#[derive(Debug)]
+pub(crate) struct Pipeline {
+    ledger: Arc<Ledger>,
+    lanes: Box<[Arc<Lane>]>,
+    /// Lanes with the block policy, whose room a commit waits for before it is recorded.
+    blocking: Box<[usize]>,
+    /// The fan-out lock (orders commits globally); `true` once closed.
+    closed: Mutex<bool>,
+}
+
+impl Pipeline {
+    pub(crate) fn new(ledger: Arc<Ledger>, lanes: Vec<Arc<Lane>>) -> Self {
+        let blocking = lanes
+            .iter()
+            .filter(|l| l.inbox.policy() == OverflowPolicy::Block)
+            .map(|l| l.index)
+            .collect();
+        Pipeline {
+            ledger,
+            lanes: lanes.into_boxed_slice(),
+            blocking,
+            closed: Mutex::new(false),
+        }
+    }
+
+    pub(crate) fn ledger(&self) -> &Arc<Ledger> {
+        &self.ledger
+    }
+
+    pub(crate) fn lanes(&self) -> &[Arc<Lane>] {
+        &self.lanes
+    }
+
+    fn fanout(&self) -> MutexGuard<'_, bool> {
+        self.closed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        *self.fanout()
+    }
+
+    /// Records a commit of `source`'s events for every adapter at once, or not at all.
+    ///
+    /// Cancel-safe: the only wait is for room in block-policy queues, before anything is taken
+    /// from `source` or recorded; dropping the future there commits nothing.
+    pub(crate) async fn commit(&self, source: &impl Source) -> Result<Receipt, Error> {
+        loop {
+            let pending = source.pending()?;
+            if self.is_closed() {
+                return Err(Error::ShutDown);
+            }
+            let reserved = self.reserve(pending).await?;
+            let mut overflow = Vec::new();
+            let receipt = {
+                let closed = self.fanout();
+                if *closed {
+                    return Err(Error::ShutDown);
+                }
+                let Some(events) = source.take(pending)? else {
+                    continue; // more events arrived meanwhile: reserve for them too
+                };
+                self.record(events, reserved, &mut overflow)
+            };
+            drop_overflow(overflow);
+            return Ok(receipt);
+        }
+    }
+
+    /// Waits for room for `n` events in every block-policy queue, in lane order (so that two
+    /// committers never wait on each other). Inside an adapter's `handle_events` it never
+    /// waits.
+    async fn reserve(&self, n: usize) -> Result<Vec<(usize, SemaphorePermit<'_>)>, Error> {
+        let mut reserved = Vec::new();
+        if n == 0 || self.blocking.is_empty() {
+            return Ok(reserved);
+        }
+        let inside_adapter = consumer::delivering();
+        for &index in self.blocking.iter() {
+            let inbox = &self.lanes[index].inbox;
+            let too_large = || Error::CommitTooLarge {
+                adapter: self.ledger.lane_name(index).to_string(),
+                events: n,
+                capacity: inbox.capacity(),
+            };
+            if n > inbox.capacity() {
+                return Err(too_large());
+            }
+            let count = u32::try_from(n).map_err(|_| too_large())?;
+            let permit = if inside_adapter {
+                match inbox.try_reserve(count) {
+                    Some(permit) => permit,
+                    None if inbox.is_closed() => return Err(Error::ShutDown),
+                    None => {
+                        return Err(Error::QueueFull {
+                            adapter: self.ledger.lane_name(index).to_string(),
+                        });
+                    }
+                }
+            } else {
+                inbox.reserve(count).await.map_err(|_| Error::ShutDown)?
+            };
+            reserved.push((index, permit));
+        }
+        Ok(reserved)
+    }
+
+    /// Under the fan-out lock: records the commit and queues it on every lane. Never waits.
+    fn record(
+        &self,
+        events: Vec<Event>,
+        reserved: Vec<(usize, SemaphorePermit<'_>)>,
+        overflow: &mut Vec<(Segment, DropReason)>,
+    ) -> Receipt {
+        if self.lanes.is_empty() {
+            return Receipt::without_adapters(events.len());
+        }
+        let commit = self.ledger.open_commit(events);
+        let mut reserved = reserved.into_iter().peekable();
+        for lane in self.lanes.iter() {
+            let permit = reserved
+                .next_if(|(index, _)| *index == lane.index)
+                .map(|(_, permit)| permit);
+            lane.inbox
+                .push(Segment::new(commit.clone(), lane.index), permit, overflow);
+        }
+        Receipt::new(commit)
+    }
+
+    /// Stops accepting commits: waiting committers fail with [`Error::ShutDown`] (their
+    /// buffers keep their events) and the consumers are woken to drain.
+    pub(crate) fn close(&self) {
+        let mut closed = self.fanout();
+        *closed = true;
+        for lane in self.lanes.iter() {
+            lane.inbox.close();
+        }
+    }
+}
+
+/// Drops what did not fit at commit time, one dead letter per reason (outside the fan-out
+/// lock: the dead-letter hook is user code).
+fn drop_overflow(overflow: Vec<(Segment, DropReason)>) {
+    if overflow.is_empty() {
+        return;
+    }
+    let mut by_reason: Vec<(DropReason, Vec<Segment>)> = Vec::new();
+    for (segment, reason) in overflow {
+        match by_reason.iter_mut().find(|(r, _)| *r == reason) {
+            Some((_, segments)) => segments.push(segment),
+            None => by_reason.push((reason, vec![segment])),
+        }
+    }
+    for (reason, segments) in by_reason {
+        drop_all(segments, reason);
+    }
+}
