@@ -172,3 +172,24 @@ async fn an_inner_service_error_discards_the_buffer() {
     assert_eq!(result.unwrap_err(), "upstream unavailable");
     assert!(t.events().await.is_empty());
 }
+
+#[tokio::test]
+async fn the_inner_services_synchronous_call_sees_the_buffer_too() {
+    let t = TestEmissions::start().await;
+    // A `service_fn` whose closure emits before it returns its future: that part runs inside
+    // the layer's synchronous `call`.
+    let service = tower::service_fn(|_request: axum::http::Request<String>| {
+        let emitted = emissions_core::emit("in_call", &1);
+        async move {
+            emitted.map_err(|e| e.to_string())?;
+            Ok::<_, String>(axum::http::Response::new(String::new()))
+        }
+    });
+    let service = tower::Layer::layer(&EmissionsLayer::new(t.emissions().clone()), service);
+    let response = service
+        .oneshot(axum::http::Request::new(String::new()))
+        .await
+        .expect("emit inside call reached the request's buffer");
+    assert_eq!(response.status(), StatusCode::OK);
+    emissions_testing::assert_emitted!(t, "in_call");
+}

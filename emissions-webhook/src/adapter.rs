@@ -1,7 +1,6 @@
 //! [`WebhookAdapter`]: wires the envelope, the signature and the HTTP client into the core's
 //! adapter contract.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
@@ -37,8 +36,6 @@ pub struct WebhookAdapter {
     options: AdapterOptions,
     /// Set by a 410 Gone: later events fail at once.
     disabled: bool,
-    /// Bodies of events awaiting a retry: built once, signed afresh per attempt.
-    bodies: HashMap<uuid::Uuid, Bytes>,
 }
 
 impl fmt::Debug for WebhookAdapter {
@@ -73,7 +70,6 @@ impl WebhookAdapter {
             limits,
             options,
             disabled: false,
-            bodies: HashMap::new(),
         }
     }
 
@@ -117,41 +113,20 @@ impl WebhookAdapter {
 
     /// Up to `concurrency` requests at once, a new one starting as soon as any finishes (a
     /// slow request does not hold the free slots back); outcomes in batch order.
-    async fn deliver_concurrently(
-        &self,
-        events: &[Event],
-        bodies: Vec<Bytes>,
-    ) -> Vec<(Outcome, Bytes)> {
+    async fn deliver_concurrently(&self, events: &[Event]) -> Vec<Outcome> {
         let attempts: Vec<_> = events
             .iter()
-            .zip(bodies)
             .enumerate()
-            .map(|(index, (event, body))| self.deliver_owned(index, event, body))
+            .map(
+                |(index, event)| async move { (index, self.deliver(event, envelope(event)).await) },
+            )
             .collect();
-        let mut outcomes: Vec<(usize, Outcome, Bytes)> = futures_util::stream::iter(attempts)
+        let mut outcomes: Vec<(usize, Outcome)> = futures_util::stream::iter(attempts)
             .buffer_unordered(self.limits.concurrency)
             .collect()
             .await;
-        outcomes.sort_unstable_by_key(|(index, _, _)| *index);
-        outcomes
-            .into_iter()
-            .map(|(_, outcome, body)| (outcome, body))
-            .collect()
-    }
-
-    async fn deliver_owned(
-        &self,
-        index: usize,
-        event: &Event,
-        body: Bytes,
-    ) -> (usize, Outcome, Bytes) {
-        (index, self.deliver(event, body.clone()).await, body)
-    }
-
-    fn body(&mut self, event: &Event) -> Bytes {
-        self.bodies
-            .remove(&event.id())
-            .unwrap_or_else(|| envelope(event))
+        outcomes.sort_unstable_by_key(|(index, _)| *index);
+        outcomes.into_iter().map(|(_, outcome)| outcome).collect()
     }
 }
 
@@ -161,49 +136,37 @@ impl Adapter for WebhookAdapter {
         self.filter.wants(event)
     }
 
+    /// Every event of the batch is sent (one request each) and answered on its own: a failed
+    /// one is reported for the core to retry beside the queue, and never holds back the
+    /// others. The body is built per attempt from the event (nothing is kept between calls).
     async fn handle_events(&mut self, events: &[Event]) -> Result<(), BatchError> {
-        let bodies: Vec<Bytes> = events.iter().map(|e| self.body(e)).collect();
-        let mut outcomes: Vec<(Outcome, Bytes)> = Vec::with_capacity(events.len());
-        if self.limits.concurrency == 1 {
-            // In order; a retried event holds back the events after it.
-            let mut pending = events.iter().zip(bodies);
-            for (event, body) in pending.by_ref() {
-                let outcome = self.deliver(event, body.clone()).await;
-                let stop = matches!(outcome, Outcome::Retry(_));
+        let outcomes = if self.limits.concurrency == 1 {
+            let mut outcomes = Vec::with_capacity(events.len());
+            for event in events {
+                let outcome = self.deliver(event, envelope(event)).await;
                 if matches!(outcome, Outcome::Gone(_)) {
                     self.disable();
                 }
-                outcomes.push((outcome, body));
-                if stop {
-                    break;
-                }
+                outcomes.push(outcome);
             }
-            for (_, body) in pending {
-                let held = Failure::retryable(
-                    "not sent: an earlier event to this endpoint is being retried",
-                );
-                outcomes.push((Outcome::Retry(held), body));
-            }
+            outcomes
         } else {
-            outcomes = self.deliver_concurrently(events, bodies).await;
-            if outcomes.iter().any(|(o, _)| matches!(o, Outcome::Gone(_))) {
+            let outcomes = self.deliver_concurrently(events).await;
+            if outcomes.iter().any(|o| matches!(o, Outcome::Gone(_))) {
                 self.disable();
             }
-        }
-
-        let mut failures = Vec::new();
-        for (index, ((outcome, body), event)) in outcomes.into_iter().zip(events).enumerate() {
-            match outcome {
-                Outcome::Delivered => {}
-                Outcome::Retry(failure) => {
-                    self.bodies.insert(event.id(), body);
-                    failures.push((index, failure));
+            outcomes
+        };
+        let failures: Vec<(usize, Failure)> = outcomes
+            .into_iter()
+            .enumerate()
+            .filter_map(|(index, outcome)| match outcome {
+                Outcome::Delivered => None,
+                Outcome::Retry(failure) | Outcome::Permanent(failure) | Outcome::Gone(failure) => {
+                    Some((index, failure))
                 }
-                Outcome::Permanent(failure) | Outcome::Gone(failure) => {
-                    failures.push((index, failure));
-                }
-            }
-        }
+            })
+            .collect();
         if failures.is_empty() {
             Ok(())
         } else {

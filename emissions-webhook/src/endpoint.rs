@@ -48,8 +48,9 @@ impl Filter {
 
 /// One webhook endpoint: where, how signed, which events, and how patiently.
 ///
-/// Defaults: every event; connect timeout 5 s; request timeout 15 s; one request at a time
-/// (events arrive in commit order, and a retried event holds back the ones after it); retries on
+/// Defaults: every event; connect timeout 5 s; request timeout 15 s; one request at a time;
+/// unordered under retries (a failed event is retried beside the queue; see
+/// [`ordered_by`](Self::ordered_by)); retries on
 /// [`default_retry_schedule`]; `Retry-After` honoured up to 1 hour; payloads up to 1 MiB;
 /// response bodies read up to 64 KiB; the SSRF guard on ([`AddressPolicy::default`]); the core's
 /// queue defaults (capacity 10 000, `max_demand` 50, drop newest).
@@ -92,7 +93,11 @@ pub struct WebhookEndpoint {
     max_response_body: usize,
     address_policy: AddressPolicy,
     queue: AdapterOptions,
+    /// The ordering key, kept so that [`queue`](Self::queue) does not lose it.
+    key: Option<KeyFn>,
 }
+
+type KeyFn = Arc<dyn Fn(&Event) -> Option<String> + Send + Sync>;
 
 impl fmt::Debug for WebhookEndpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -125,6 +130,7 @@ impl WebhookEndpoint {
             max_response_body: 64 * 1024,
             address_policy: AddressPolicy::default(),
             queue: AdapterOptions::default().retry(default_retry_schedule()),
+            key: None,
         }
     }
 
@@ -266,7 +272,31 @@ impl WebhookEndpoint {
         let dead_letter = self.queue.dead_letter.clone();
         let mut options = options.retry(retry);
         options.dead_letter = dead_letter;
+        if let Some(key) = self.key.clone() {
+            options = options.ordered_by(move |event| key(event));
+        }
         self.queue = options;
+        self
+    }
+
+    /// Keeps the events of one key in commit order at this endpoint, under retries: at most
+    /// one event of a key is in flight, and a retrying event holds back only the later events
+    /// of its key (they are not sent, and not charged an attempt, until it is delivered or
+    /// given up on); other keys flow. Defaults to unordered.
+    ///
+    /// ```
+    /// let e = emissions_webhook::WebhookEndpoint::new("x", "https://x.example.com")
+    ///     .ordered_by(|event| event.payload_json()["order_id"].as_u64().map(|id| id.to_string()));
+    /// # let _ = e;
+    /// ```
+    pub fn ordered_by(
+        mut self,
+        key: impl Fn(&Event) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        let key: KeyFn = Arc::new(key);
+        let shared = key.clone();
+        self.queue = self.queue.ordered_by(move |event| shared(event));
+        self.key = Some(key);
         self
     }
 

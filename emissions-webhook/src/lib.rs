@@ -24,8 +24,12 @@
 //!   honouring `Retry-After` on 429 and 503 (capped, default 1 hour). **Other 4xx** are permanent
 //!   and go to the dead-letter hook at once, as does an event whose body exceeds the payload cap
 //!   ([`Error::PayloadTooLarge`], default 1 MiB) or whose address the SSRF guard refuses.
-//! - **Order.** With the default concurrency of 1, events reach an endpoint in commit order; a
-//!   retried event holds back those after it (they are reported as retried, not sent).
+//! - **Order and isolation.** Each event is sent and retried on its own: a failing event
+//!   waits for its retry beside the queue and never delays or fails another event to the
+//!   endpoint. With the default concurrency of 1, first attempts reach the endpoint in commit
+//!   order, but a retried event arrives after later ones — an endpoint is unordered under
+//!   retries unless it is keyed: with [`WebhookEndpoint::ordered_by`], at most one event of a
+//!   key is in flight and a retrying event holds back only the later events of its own key.
 //! - **Timeouts**: connect 5 s, whole request 15 s; at most 64 KiB of a response body is read.
 //! - After the schedule, the event goes to the dead-letter hook with the last status or error.
 //!

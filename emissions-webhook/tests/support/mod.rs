@@ -41,9 +41,16 @@ impl Received {
     pub fn event_type(&self) -> String {
         self.json()["type"].as_str().unwrap().to_owned()
     }
+    pub fn webhook_id(&self) -> String {
+        self.headers["webhook-id"].to_str().unwrap().to_owned()
+    }
+    /// The event's payload (`data` of the envelope).
+    pub fn data(&self) -> serde_json::Value {
+        self.json()["data"].clone()
+    }
 }
 
-type Script = Arc<dyn Fn(usize) -> Reply + Send + Sync>;
+type Script = Arc<dyn Fn(usize, &Received) -> Reply + Send + Sync>;
 
 #[derive(Clone)]
 struct Shared {
@@ -78,18 +85,19 @@ impl Receiver {
 }
 
 async fn handle(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let received = Received {
+        at: Instant::now(),
+        headers,
+        body,
+    };
     let index = {
         let mut requests = shared.requests.lock().unwrap();
-        requests.push(Received {
-            at: Instant::now(),
-            headers,
-            body,
-        });
+        requests.push(received.clone());
         requests.len() - 1
     };
     shared.arrived.notify_waiters();
     let status = |code: u16| StatusCode::from_u16(code).unwrap();
-    match (shared.script)(index) {
+    match (shared.script)(index, &received) {
         Reply::Status(code) => Response::builder()
             .status(status(code))
             .body(Body::from("ok"))
@@ -113,10 +121,32 @@ async fn handle(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -
 
 /// Starts a receiver on 127.0.0.1 that answers request `n` with `script(n)`.
 pub async fn receiver(script: impl Fn(usize) -> Reply + Send + Sync + 'static) -> Receiver {
+    serve(Arc::new(move |index, _: &Received| script(index))).await
+}
+
+/// Starts a receiver that answers each request with `script(request, attempt)`, where
+/// `attempt` counts the requests with the same `webhook-id` so far (1 for the first).
+pub async fn receiver_per_event(
+    script: impl Fn(&Received, usize) -> Reply + Send + Sync + 'static,
+) -> Receiver {
+    let attempts = Mutex::new(std::collections::HashMap::<String, usize>::new());
+    serve(Arc::new(move |_, received: &Received| {
+        let attempt = {
+            let mut attempts = attempts.lock().unwrap();
+            let n = attempts.entry(received.webhook_id()).or_default();
+            *n += 1;
+            *n
+        };
+        script(received, attempt)
+    }))
+    .await
+}
+
+async fn serve(script: Script) -> Receiver {
     let shared = Shared {
         requests: Arc::default(),
         arrived: Arc::new(Notify::new()),
-        script: Arc::new(script),
+        script,
     };
     let app = axum::Router::new()
         .fallback(handle)
