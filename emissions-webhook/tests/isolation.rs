@@ -98,7 +98,7 @@ async fn an_event_that_always_fails_delays_and_fails_no_other_event() {
             "event {n} waited for the poison's retry"
         );
     }
-    let dead = dead.lock().unwrap();
+    let dead = dead.lock().unwrap().clone();
     assert_eq!(dead.len(), 1);
     assert!(
         dead[0].2.starts_with("receiver answered 500"),
