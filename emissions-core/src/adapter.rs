@@ -18,20 +18,32 @@ use crate::{BoxError, Event};
 /// - **Never concurrent.** Methods take `&mut self` and are called one at a time, from the
 ///   adapter's consumer task, in this order: `init` once at start, then any number of
 ///   `interested`/`handle_events`, then `shutdown` once.
-/// - **Order.** Batches arrive in commit order; the events of one commit arrive contiguously and
-///   in emit order (a batch may end in the middle of a commit; the rest comes in the next batch).
+/// - **Order.** First attempts arrive in commit order; the events of one commit arrive
+///   contiguously and in emit order (a batch may end in the middle of a commit; the rest comes
+///   in the next batch). Retries do not keep that order unless the adapter is registered with
+///   [`AdapterOptions::ordered_by`](crate::AdapterOptions::ordered_by): then a batch holds at
+///   most one event per key, and a key's events arrive one after the other in commit order,
+///   retries included.
 /// - **Errors.** `Ok(())` means every event in the batch is delivered. [`BatchError`] says which
-///   events failed and whether each [`Failure`] is retryable. Retryable failures are retried
-///   (only the failed events, in their order) under the adapter's
-///   [`RetryPolicy`](crate::RetryPolicy); permanent ones, and retryable ones once the policy
-///   gives up, go to the dead-letter hook and are counted as failed.
+///   events failed and whether each [`Failure`] is retryable; report each event's own outcome
+///   (never fail an event you did not try). A retryable event waits for its retry beside the
+///   queue under the adapter's [`RetryPolicy`](crate::RetryPolicy), its attempts counted on
+///   its own, while later batches go on; events that failed together in one call are retried
+///   together. Permanent failures, and retryable ones once the policy gives up, go to the
+///   dead-letter hook and are counted as failed.
 /// - **Panics.** A panic in `handle_events` is caught and treated as a retryable failure of the
 ///   whole batch (reason `panicked: <message>`); the adapter keeps being used afterwards, so keep
 ///   its state consistent across await points. A panic in `interested` fails that event
-///   permanently. A panic in `init` or `shutdown` is reported as their error.
+///   permanently (without an attempt). A panic in `init` or `shutdown` is reported as their
+///   error.
 /// - **Cancellation.** The future of `handle_events` is dropped only when a shutdown deadline
 ///   passes; its events are then counted as dropped (reason `shutdown`), because whether they
-///   reached the destination is unknown.
+///   reached the destination is unknown. An adapter that blocks its thread past the deadline
+///   cannot be cancelled: a second after the deadline its events are counted as dropped and
+///   whatever it reports later is ignored.
+/// - **Committing from inside.** A commit made from `handle_events` never waits for room in a
+///   queue with the block policy (it could wait on itself): it fails with
+///   [`Error::QueueFull`](crate::Error::QueueFull) and commits nothing.
 /// - **Backpressure.** Taking long in `handle_events` is how an adapter slows its own input; it
 ///   never delays other adapters or the committing request (see the overflow policy).
 /// - **Payload bytes.** [`Event::payload`] is the JSON written at emit time, shared by every

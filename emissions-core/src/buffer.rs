@@ -33,9 +33,9 @@
 //! A payload that fails to serialize returns [`Error::Serialize`] and leaves the buffer
 //! unchanged. After [`Emissions::shutdown`](crate::Emissions::shutdown), emit and commit return
 //! [`Error::ShutDown`]; a failed commit keeps its events in the (still open) buffer, where
-//! [`events`](Buffer::events) hands them back. A commit can also fail with
-//! [`Error::CommitTooLarge`] (more events than a block-policy queue holds) or, from inside an
-//! adapter's `handle_events`, [`Error::QueueFull`] — again keeping its events.
+//! [`events`](Buffer::events) hands them back. From inside an adapter's `handle_events`, a
+//! commit that would have to wait for room fails with [`Error::QueueFull`] — again keeping its
+//! events.
 //!
 //! # Example
 //!

@@ -91,18 +91,6 @@ pub enum Error {
         /// The adapter whose queue is full.
         adapter: String,
     },
-    /// A commit has more events than a block-policy queue can ever hold; nothing was
-    /// committed and the buffer keeps its events. Flush in smaller parts or raise the
-    /// adapter's capacity.
-    #[error("commit of {events} events exceeds the capacity {capacity} of adapter `{adapter}`")]
-    CommitTooLarge {
-        /// The adapter whose capacity is too small.
-        adapter: String,
-        /// Events in the commit.
-        events: usize,
-        /// The adapter's queue capacity.
-        capacity: usize,
-    },
     /// A handler tried to commit, flush or terminate the buffer of its own run; that buffer
     /// is committed by the run when the handler succeeds and discarded when it fails.
     #[error("a handler's follow-up events are committed by its run, not by the handler")]

@@ -2,9 +2,9 @@
 //!
 //! Application code opens a [`Buffer`] per request, emits named events into it, and commits them
 //! atomically when the request succeeds (or discards them when it fails). Committed events fan
-//! out through a flume-backed pipeline — one bounded queue and consumer task per [`Adapter`],
-//! batches of up to `max_demand`, independent backpressure — and every event ends, for every
-//! adapter, in a counted state: delivered, filtered, failed or dropped.
+//! out through the pipeline — one bounded queue and consumer task per [`Adapter`], batches of
+//! up to `max_demand`, independent backpressure, per-event retries beside the queue — and every
+//! event ends, for every adapter, in a counted state: delivered, filtered, failed or dropped.
 //!
 //! - [`Emissions`]: the instance; built with [`Emissions::builder`], stopped with
 //!   [`Emissions::shutdown`].

@@ -26,10 +26,10 @@ pub enum OverflowPolicy {
     /// Make the committer wait until there is room for the whole commit. A stalled adapter then
     /// stalls commits (all adapters see commits in one global order), so use it only where
     /// losing an event is worse. A commit that waits can be cancelled: nothing is committed
-    /// and the buffer keeps its events. A commit larger than the queue's capacity fails with
-    /// [`Error::CommitTooLarge`](crate::Error::CommitTooLarge); a commit made from inside an
-    /// adapter's `handle_events` never waits and fails with
-    /// [`Error::QueueFull`](crate::Error::QueueFull) instead (waiting there could deadlock).
+    /// and the buffer keeps its events. A commit larger than the whole queue waits until the
+    /// queue is empty, then goes in whole. A commit made from inside an adapter's
+    /// `handle_events` never waits and fails with [`Error::QueueFull`](crate::Error::QueueFull)
+    /// instead (waiting there could deadlock).
     Block,
 }
 
@@ -244,6 +244,9 @@ pub enum DeadLetterCause {
     /// (counted as dropped).
     Dropped(DropReason),
 }
+
+/// The largest queue capacity (events), so that any reservation fits a semaphore request.
+const MAX_CAPACITY: usize = 1 << 30;
 
 /// A jitter draw for [`RetryPolicy::jittered`]: uniform in `[0.5, 1]`.
 pub(crate) fn jitter() -> f64 {
@@ -501,6 +504,13 @@ impl AdapterOptions {
         if self.capacity == 0 {
             return Err(Error::config(adapter, "capacity", "must be at least 1"));
         }
+        if self.capacity > MAX_CAPACITY {
+            return Err(Error::config(
+                adapter,
+                "capacity",
+                format!("must be at most {MAX_CAPACITY}"),
+            ));
+        }
         if self.max_demand == 0 {
             return Err(Error::config(adapter, "max_demand", "must be at least 1"));
         }
@@ -567,6 +577,12 @@ mod tests {
             (AdapterOptions::default().capacity(0), "capacity"),
             (AdapterOptions::default().max_demand(0), "max_demand"),
             (AdapterOptions::default().backlog(0), "backlog"),
+            (
+                AdapterOptions::default()
+                    .capacity(MAX_CAPACITY + 1)
+                    .max_demand(1),
+                "capacity",
+            ),
             (
                 AdapterOptions::default().retry(RetryPolicy::default().max_attempts(0)),
                 "retry.max_attempts",

@@ -256,22 +256,47 @@ async fn a_cancelled_blocking_commit_commits_nothing_and_keeps_its_events() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_commit_larger_than_a_blocking_queue_is_refused_whole() {
-    let (emissions, _gate) = start_gated("small", 4, OverflowPolicy::Block).await;
+async fn a_commit_larger_than_a_blocking_queue_waits_for_it_to_empty_then_goes_in_whole() {
+    let (emissions, mut gate) = start_gated("small", 4, OverflowPolicy::Block).await;
+    emissions.emit_now("first", &0u64).await.unwrap();
+    gate.next_batch().await; // in flight: the queue is empty, but a batch is outstanding
+    emissions.emit_now("queued", &1u64).await.unwrap();
     let buffer = emissions.start();
-    for i in 0..5u64 {
+    for i in 2..12u64 {
         buffer.emit("e", &i).unwrap();
     }
-    assert!(matches!(
-        buffer.commit().await,
-        Err(Error::CommitTooLarge {
-            events: 5,
-            capacity: 4,
-            ..
-        })
-    ));
-    assert_eq!(buffer.events().len(), 5);
-    assert_eq!(emissions.stats().adapters[0].counts.committed, 0);
+    let waiting = tokio::time::timeout(Duration::from_millis(10), buffer.commit()).await;
+    assert!(
+        waiting.is_err(),
+        "one event is still queued: the big commit waits"
+    );
+    assert_eq!(buffer.events().len(), 10);
+    gate.release(1); // "first" done; "queued" goes out as the next batch
+    assert_eq!(gate.next_batch().await.len(), 1);
+    let receipt = buffer.commit().await.unwrap();
+    assert_eq!(receipt.event_count(), 10);
+    gate.release(4); // "queued", then the big commit in batches of 4, 4 and 2
+    assert!(receipt.settled().await.is_delivered());
+    let batches = [
+        gate.next_batch().await,
+        gate.next_batch().await,
+        gate.next_batch().await,
+    ];
+    assert_eq!(batches.map(|b| b.len()), [4, 4, 2]);
+    // Places were given back exactly: the queue holds four again, not more, not fewer.
+    commit_ids(&emissions, 20..24).await; // taken as one batch, in flight
+    assert_eq!(gate.next_batch().await.len(), 4);
+    commit_ids(&emissions, 24..28).await; // fills the queue
+    let buffer = emissions.start();
+    buffer.emit("one_too_many", &28u64).unwrap();
+    let full = tokio::time::timeout(Duration::from_millis(10), buffer.commit()).await;
+    assert!(full.is_err(), "the queue should be full at four");
+    gate.release(100);
+    buffer.commit().await.unwrap().settled().await;
+    let report = emissions.shutdown(Duration::from_secs(1)).await;
+    let counts = report.adapter("small").unwrap().counts;
+    assert_eq!((counts.committed, counts.delivered), (21, 21));
+    assert!(report.is_balanced());
 }
 
 // 3. Shutdown is idempotent and cancel-safe.

@@ -201,9 +201,23 @@ async fn an_oversized_payload_is_rejected_without_a_request() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_retried_event_keeps_the_ones_after_it_waiting() {
+async fn a_retried_event_never_keeps_the_ones_after_it_waiting() {
     let hooks = receiver(|n| Reply::Status(if n < 2 { 503 } else { 200 })).await;
-    let emissions = start(endpoint("ordered", &hooks.url)).await;
+    let emissions = start(endpoint("unordered", &hooks.url)).await;
+    let buffer = emissions.start();
+    for i in 0..5 {
+        buffer.emit(format!("e{i}"), &i).unwrap();
+    }
+    buffer.commit().await.unwrap().settled().await;
+    let order: Vec<String> = hooks.requests().iter().map(|r| r.event_type()).collect();
+    // e0 and e1 failed together and are retried together, after the others went through.
+    assert_eq!(order, ["e0", "e1", "e2", "e3", "e4", "e0", "e1"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_one_key_a_retried_event_holds_back_the_later_ones() {
+    let hooks = receiver(|n| Reply::Status(if n < 2 { 503 } else { 200 })).await;
+    let emissions = start(endpoint("ordered", &hooks.url).ordered_by(|_| Some("one".into()))).await;
     let buffer = emissions.start();
     for i in 0..5 {
         buffer.emit(format!("e{i}"), &i).unwrap();

@@ -12,7 +12,7 @@
 //! An error, a panic or a timeout in one handler run never affects other handlers, other events
 //! or the pipeline: it is reported as `emissions.handler.error` (the reason is the error, the
 //! panic message, or `timed out after …`) and retried under the handler's
-//! [`RetryPolicy`](crate::RetryPolicy) — the same retry clock as adapters: attempts are the
+//! [`RetryPolicy`] — the same retry clock as adapters: attempts are the
 //! run's own, and while it waits for its retry it gives its concurrency slot back, so a failing
 //! event never holds up the others. Once the policy gives up, the event goes to the handler's
 //! dead-letter hook and counts as failed for that handler. A panic in the handler's
@@ -33,7 +33,7 @@
 //! by the run only when the handler succeeds (or ignores the event) and discarded when it
 //! fails, panics or times out — each retry starts a fresh one. The handler cannot commit,
 //! flush or terminate it itself (ambient [`commit`](crate::commit) and friends return
-//! [`Error::HandlerBuffer`](crate::Error::HandlerBuffer) there), so the follow-ups of a failed
+//! [`Error::HandlerBuffer`] there), so the follow-ups of a failed
 //! run are never delivered. Child events carry [`CAUSATION_ID`] (the parent's
 //! id), [`CORRELATION_ID`] (the root's correlation id: its `correlation_id` metadata if it had
 //! one, else its id) and [`CASCADE_DEPTH`] in their metadata. Emitting deeper than the depth limit

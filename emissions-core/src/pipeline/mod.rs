@@ -169,8 +169,8 @@ impl Pipeline {
     }
 
     /// Waits for room for `n` events in every block-policy queue, in lane order (so that two
-    /// committers never wait on each other). Inside an adapter's `handle_events` it never
-    /// waits.
+    /// committers never wait on each other); a commit larger than a queue waits for all of it.
+    /// Inside an adapter's `handle_events` it never waits.
     async fn reserve(&self, n: usize) -> Result<Vec<(usize, SemaphorePermit<'_>)>, Error> {
         let mut reserved = Vec::new();
         if n == 0 || self.blocking.is_empty() {
@@ -179,17 +179,8 @@ impl Pipeline {
         let inside_adapter = consumer::delivering();
         for &index in self.blocking.iter() {
             let inbox = &self.lanes[index].inbox;
-            let too_large = || Error::CommitTooLarge {
-                adapter: self.ledger.lane_name(index).to_string(),
-                events: n,
-                capacity: inbox.capacity(),
-            };
-            if n > inbox.capacity() {
-                return Err(too_large());
-            }
-            let count = u32::try_from(n).map_err(|_| too_large())?;
             let permit = if inside_adapter {
-                match inbox.try_reserve(count) {
+                match inbox.try_reserve(n) {
                     Some(permit) => permit,
                     None if inbox.is_closed() => return Err(Error::ShutDown),
                     None => {
@@ -199,7 +190,7 @@ impl Pipeline {
                     }
                 }
             } else {
-                inbox.reserve(count).await.map_err(|_| Error::ShutDown)?
+                inbox.reserve(n).await.map_err(|_| Error::ShutDown)?
             };
             reserved.push((index, permit));
         }

@@ -3,7 +3,8 @@
 //! A commit enters every inbox as one [`Segment`] (not one item per event), so fan-out costs
 //! one push per adapter per commit. Capacity is counted in events by a semaphore whose permits
 //! are the free places: a blocking commit waits for its permits *before* anything is recorded
-//! (cancel-safe, fair), drop-newest takes what is free, drop-oldest evicts exactly as many of
+//! (cancel-safe, fair; a commit larger than the whole queue waits for all of it, then goes in
+//! whole), drop-newest takes what is free, drop-oldest evicts exactly as many of
 //! the oldest queued events as it needs (splitting a queued segment if it must). The consumer
 //! takes up to `max_demand` events at a time and frees their places as it takes them.
 
@@ -21,6 +22,9 @@ struct State {
     segments: VecDeque<Segment>,
     /// Events queued.
     len: usize,
+    /// Events queued beyond capacity by a blocking commit larger than the whole queue (it
+    /// waited for an empty queue); their places are not given back when they are taken.
+    overdraft: usize,
     closed: bool,
 }
 
@@ -51,23 +55,25 @@ impl Inbox {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn capacity(&self) -> usize {
-        self.capacity
-    }
-
     pub(crate) fn policy(&self) -> OverflowPolicy {
         self.policy
     }
 
-    /// Waits for room for `n` events (block policy). Cancel-safe: dropping the future or the
-    /// permit gives the places back. Fails once the inbox is closed.
-    pub(crate) async fn reserve(&self, n: u32) -> Result<SemaphorePermit<'_>, AcquireError> {
-        self.room.acquire_many(n).await
+    /// Waits for room for `n` events — for the whole queue when `n` exceeds it — (block
+    /// policy). Cancel-safe: dropping the future or the permit gives the places back. Fails
+    /// once the inbox is closed.
+    pub(crate) async fn reserve(&self, n: usize) -> Result<SemaphorePermit<'_>, AcquireError> {
+        self.room.acquire_many(self.places(n)).await
     }
 
-    /// Room for `n` events now, or `None`.
-    pub(crate) fn try_reserve(&self, n: u32) -> Option<SemaphorePermit<'_>> {
-        self.room.try_acquire_many(n).ok()
+    /// Room for `n` events now (the whole queue when `n` exceeds it), or `None`.
+    pub(crate) fn try_reserve(&self, n: usize) -> Option<SemaphorePermit<'_>> {
+        self.room.try_acquire_many(self.places(n)).ok()
+    }
+
+    fn places(&self, n: usize) -> u32 {
+        // Capacity is validated to fit in a u32.
+        u32::try_from(n.min(self.capacity)).unwrap_or(u32::MAX)
     }
 
     /// Queues `segment` (under the pipeline's fan-out lock). `reserved` is the room a blocking
@@ -90,11 +96,13 @@ impl Inbox {
         }
         match (reserved, self.policy) {
             (Some(permit), _) => {
-                // The reservation was for at least `n`; return the excess.
+                // The reservation was for `n`, or for the whole queue when `n` exceeds it.
                 let reserved = permit.num_permits();
                 permit.forget();
                 if reserved > n {
                     self.room.add_permits(reserved - n);
+                } else {
+                    state.overdraft += n - reserved;
                 }
             }
             (None, OverflowPolicy::DropOldest) => {
@@ -183,10 +191,12 @@ impl Inbox {
             out.push(segment);
         }
         state.len -= taken;
-        if taken > 0 && !state.closed {
+        let unpaid = taken.min(state.overdraft);
+        state.overdraft -= unpaid;
+        if taken > unpaid && !state.closed {
             // Freed under the lock, so that queued + free == capacity whenever the lock is free
             // (drop-oldest relies on it).
-            self.room.add_permits(taken);
+            self.room.add_permits(taken - unpaid);
         }
         taken
     }
@@ -212,6 +222,7 @@ impl Inbox {
     pub(crate) fn drain(&self) -> Vec<Segment> {
         let mut state = self.state();
         state.len = 0;
+        state.overdraft = 0;
         state.segments.drain(..).collect()
     }
 
