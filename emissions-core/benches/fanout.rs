@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use emissions_core::{
-    Adapter, AdapterOptions, BatchError, Emissions, Event, Metadata, OverflowPolicy, async_trait,
+    Adapter, AdapterOptions, BatchError, Emissions, Event, Failure, Metadata, OverflowPolicy,
+    RetryPolicy, async_trait,
 };
 use serde::Serialize;
 
@@ -85,6 +86,81 @@ async fn emissions(adapters: usize, events: u64, pad: &'static str) -> Run {
     Run {
         secs,
         lost: events * adapters as u64 - delivered,
+    }
+}
+
+/// Counts what it delivers; fails the event with `seq` 0 every time when poisoned.
+struct Poisoned {
+    delivered: Arc<AtomicU64>,
+    poisoned: bool,
+}
+
+#[async_trait]
+impl Adapter for Poisoned {
+    async fn handle_events(&mut self, events: &[Event]) -> Result<(), BatchError> {
+        let poison = if self.poisoned {
+            events
+                .iter()
+                .position(|e| e.payload().starts_with(br#"{"seq":0,"#))
+        } else {
+            None
+        };
+        let delivered = events.len() - usize::from(poison.is_some());
+        self.delivered
+            .fetch_add(delivered as u64, Ordering::Relaxed);
+        match poison {
+            None => Ok(()),
+            Some(index) => Err(BatchError::partial([(index, Failure::retryable("poison"))])),
+        }
+    }
+}
+
+/// One adapter; with `poisoned`, event 0 fails forever on a 1 s schedule. Measures how fast
+/// every other event is delivered.
+async fn poison(events: u64, poisoned: bool) -> Run {
+    let delivered = Arc::new(AtomicU64::new(0));
+    let emissions = Emissions::builder()
+        .adapter_with(
+            "webhook",
+            Poisoned {
+                delivered: delivered.clone(),
+                poisoned,
+            },
+            AdapterOptions::default()
+                .capacity(CAPACITY)
+                .max_demand(MAX_DEMAND)
+                .overflow(OverflowPolicy::Block)
+                .retry(RetryPolicy::schedule([Duration::from_secs(1); 1000])),
+        )
+        .start()
+        .await
+        .unwrap();
+    let target = if poisoned { events - 1 } else { events };
+    let started = Instant::now();
+    let mut seq = 0;
+    while seq < events {
+        let buffer = emissions.start();
+        for _ in 0..COMMIT {
+            let tick = Tick {
+                seq,
+                sku: "w-1",
+                pad: "",
+            };
+            buffer.emit("tick", &tick).unwrap();
+            seq += 1;
+        }
+        buffer.commit().await.unwrap();
+    }
+    while delivered.load(Ordering::Relaxed) < target {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let report = emissions.shutdown(Duration::ZERO).await;
+    assert!(report.is_balanced());
+    let counts = report.adapters[0].counts;
+    Run {
+        secs,
+        lost: target - counts.delivered,
     }
 }
 
@@ -310,7 +386,27 @@ fn main() {
         let (a, b) = (median(limit), median(ours));
         sizes.push_str(&format!("| {size} B | {a:.0} | {b:.0} | {:.2} |\n", b / a));
     }
-    let table = format!("{table}\n**Payload size (1 adapter):**\n\n{sizes}");
+    // A poison event: one event failing forever on a 1 s schedule, against the same run
+    // without it.
+    let (mut clean, mut poisoned) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let run = rt.block_on(poison(events, false));
+        assert_eq!(run.lost, 0);
+        clean.push(events as f64 / run.secs);
+        let run = rt.block_on(poison(events, true));
+        assert_eq!(run.lost, 0);
+        poisoned.push((events - 1) as f64 / run.secs);
+    }
+    let (a, b) = (median(clean), median(poisoned));
+    let poison_table = format!(
+        "| run (1 adapter, block policy) | events/s delivered | ratio |\n|---|---:|---:|\n\
+         | no failing event | {a:.0} | 1.00 |\n\
+         | event 0 fails forever (1 s schedule); the others | {b:.0} | {:.2} |\n",
+        b / a
+    );
+    let table = format!(
+        "{table}\n**Payload size (1 adapter):**\n\n{sizes}\n**A poison event (target: the same rate):**\n\n{poison_table}"
+    );
     println!("{table}");
     if !quick {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-results");

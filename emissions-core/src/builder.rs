@@ -261,19 +261,19 @@ impl EmissionsBuilder {
         for ((_, adapter, options), lane) in registrations.into_iter().zip(&lanes) {
             let adapter: Box<dyn Adapter> = match adapter {
                 Some(adapter) => adapter,
-                None => Box::new(Dispatcher {
-                    handlers: handlers.clone().expect("handlers registered"),
-                }),
+                None => Box::new(Dispatcher::new(
+                    handlers.clone().expect("handlers registered"),
+                )),
             };
-            let consumer = Consumer {
-                lane: lane.clone(),
+            let consumer = Consumer::new(
+                lane.clone(),
                 adapter,
                 options,
-                ledger: ledger.clone(),
-                control: control.clone(),
-            };
+                ledger.clone(),
+                control.clone(),
+            );
             let handle = consumers.spawn(consumer.run());
-            consumer_lanes.insert(handle.id(), lane.index);
+            consumer_lanes.insert(handle.id(), lane.index());
         }
         let pipeline = Pipeline::new(ledger, lanes);
         let engine = Arc::new(Engine::new(

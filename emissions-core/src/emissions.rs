@@ -70,7 +70,7 @@ impl Drop for Inner {
 
 impl fmt::Debug for Emissions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ledger = self.inner.engine.pipeline.ledger();
+        let ledger = self.inner.engine.pipeline().ledger();
         let names: Vec<&str> = ledger.lane_names().collect();
         f.debug_struct("Emissions")
             .field("adapters", &names)
@@ -152,7 +152,7 @@ impl Emissions {
     ) -> ObserverId {
         self.inner
             .engine
-            .pipeline
+            .pipeline()
             .ledger()
             .telemetry()
             .attach(Arc::new(observer))
@@ -162,7 +162,7 @@ impl Emissions {
     ///
     /// See [`attach_observer`](Self::attach_observer).
     pub fn detach_observer(&self, id: ObserverId) -> bool {
-        self.inner.engine.pipeline.ledger().telemetry().detach(id)
+        self.inner.engine.pipeline().ledger().telemetry().detach(id)
     }
 
     /// Per-adapter counts so far.
@@ -176,7 +176,7 @@ impl Emissions {
     /// # Ok(()) }
     /// ```
     pub fn stats(&self) -> DeliveryReport {
-        self.inner.engine.pipeline.ledger().report()
+        self.inner.engine.pipeline().ledger().report()
     }
 
     /// Waits until the instance is idle: every committed event has settled at every adapter
@@ -195,7 +195,7 @@ impl Emissions {
     /// # Ok(()) }
     /// ```
     pub async fn settled(&self) {
-        self.inner.engine.pipeline.ledger().idle().await;
+        self.inner.engine.pipeline().ledger().idle().await;
     }
 
     /// Whether [`shutdown`](Self::shutdown) has begun.
@@ -267,11 +267,16 @@ impl Emissions {
     /// Records a commit of `source`'s events (see [`Pipeline::commit`](crate::pipeline::Pipeline::commit)).
     pub(crate) async fn commit(&self, source: &impl Source) -> Result<Receipt, Error> {
         self.ensure_open()?;
-        self.inner.engine.pipeline.commit(source).await
+        self.inner.engine.pipeline().commit(source).await
     }
 
     pub(crate) fn telemetry(&self, event: &TelemetryEvent<'_>) {
-        self.inner.engine.pipeline.ledger().telemetry().emit(event);
+        self.inner
+            .engine
+            .pipeline()
+            .ledger()
+            .telemetry()
+            .emit(event);
     }
 }
 

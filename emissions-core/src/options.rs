@@ -375,7 +375,7 @@ pub struct AdapterOptions {
     /// Events that may wait beside the queue — for a retry, or behind a retrying event of
     /// their key. Defaults to 10 000.
     pub backlog: usize,
-    pub(crate) key: Option<KeyFn>,
+    key: Option<KeyFn>,
 }
 
 impl Default for AdapterOptions {
@@ -483,6 +483,10 @@ impl AdapterOptions {
     ) -> Self {
         self.key = Some(KeyFn::new(key));
         self
+    }
+
+    pub(crate) fn key_fn(&self) -> Option<&KeyFn> {
+        self.key.as_ref()
     }
 
     /// Whether [`ordered_by`](Self::ordered_by) is set.

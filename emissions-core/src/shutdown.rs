@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio::task::{Id, JoinError, JoinSet};
 use tokio::time::Instant;
 
@@ -35,8 +35,8 @@ struct State {
 /// The pipeline, the handlers, the consumer tasks and the shutdown state of one instance.
 #[derive(Debug)]
 pub(crate) struct Engine {
-    pub(crate) pipeline: Pipeline,
-    pub(crate) handlers: Option<Arc<Handlers>>,
+    pipeline: Pipeline,
+    handlers: Option<Arc<Handlers>>,
     control: Arc<Control>,
     /// Consumer tasks, and which lane each one feeds.
     consumers: Mutex<(JoinSet<()>, HashMap<Id, usize>)>,
@@ -66,6 +66,10 @@ impl Engine {
 
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -123,33 +127,28 @@ impl Engine {
         let mut ended = HashSet::new();
 
         // Drain, until the (possibly brought forward) deadline.
-        loop {
-            let deadline = self.control.deadline().unwrap_or_else(Instant::now);
-            tokio::select! {
-                biased;
-                next = consumers.join_next_with_id() => match next {
-                    Some(result) => self.consumer_ended(result, &lanes, &mut ended),
-                    None => break,
-                },
-                () = tokio::time::sleep_until(deadline) => break,
-                _ = deadline_changed.changed() => {}
-            }
-        }
+        let deadline = || self.control.deadline().unwrap_or_else(Instant::now);
+        self.join_until(
+            &mut consumers,
+            &lanes,
+            &mut ended,
+            deadline,
+            &mut deadline_changed,
+        )
+        .await;
 
         // Past the deadline: abort, give consumers a moment, then abandon what is left.
         if !consumers.is_empty() {
-            self.control.abort.cancel();
+            self.control.abort();
             let grace = Instant::now() + ABORT_GRACE;
-            loop {
-                tokio::select! {
-                    biased;
-                    next = consumers.join_next_with_id() => match next {
-                        Some(result) => self.consumer_ended(result, &lanes, &mut ended),
-                        None => break,
-                    },
-                    () = tokio::time::sleep_until(grace) => break,
-                }
-            }
+            self.join_until(
+                &mut consumers,
+                &lanes,
+                &mut ended,
+                || grace,
+                &mut deadline_changed,
+            )
+            .await;
             let left: Vec<usize> = lanes
                 .iter()
                 .filter(|(id, _)| !ended.contains(id))
@@ -177,6 +176,29 @@ impl Engine {
         let report = ledger.report();
         self.state().report = Some(report);
         self.done.notify_waiters();
+    }
+
+    /// Joins consumers until all have ended or `until()` has passed (read again whenever the
+    /// deadline changes).
+    async fn join_until(
+        &self,
+        consumers: &mut JoinSet<()>,
+        lanes: &HashMap<Id, usize>,
+        ended: &mut HashSet<Id>,
+        until: impl Fn() -> Instant,
+        changed: &mut watch::Receiver<Option<Instant>>,
+    ) {
+        loop {
+            tokio::select! {
+                biased;
+                next = consumers.join_next_with_id() => match next {
+                    Some(result) => self.consumer_ended(result, lanes, ended),
+                    None => return,
+                },
+                () = tokio::time::sleep_until(until()) => return,
+                _ = changed.changed() => {}
+            }
+        }
     }
 
     fn consumer_ended(

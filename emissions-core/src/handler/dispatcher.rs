@@ -25,22 +25,41 @@ const CHAINS_BEFORE_PRUNING: usize = 1024;
 
 /// One registered handler.
 pub(crate) struct Registered {
-    pub(crate) name: Arc<str>,
-    pub(crate) handler: Arc<dyn Handler>,
-    pub(crate) options: HandlerOptions,
-    pub(crate) permits: Arc<Semaphore>,
+    name: Arc<str>,
+    handler: Arc<dyn Handler>,
+    options: HandlerOptions,
+    permits: Arc<Semaphore>,
     /// For ordered handlers: per key, the completion signal of the latest run.
     chains: Mutex<HashMap<String, oneshot::Receiver<()>>>,
 }
 
+impl Registered {
+    pub(crate) fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    pub(crate) fn handler(&self) -> &dyn Handler {
+        &*self.handler
+    }
+
+    pub(crate) fn options(&self) -> &HandlerOptions {
+        &self.options
+    }
+
+    /// The handler's concurrency slots.
+    pub(crate) fn permits(&self) -> &Arc<Semaphore> {
+        &self.permits
+    }
+}
+
 /// Handler state shared by the dispatcher, its runs and the instance.
 pub(crate) struct Handlers {
-    pub(crate) registered: Vec<Registered>,
+    registered: Vec<Registered>,
     routes: HashMap<String, Vec<usize>>,
-    pub(crate) depth_limit: u32,
-    pub(crate) ledger: Arc<Ledger>,
+    depth_limit: u32,
+    ledger: Arc<Ledger>,
     tasks: TaskTracker,
-    pub(crate) cancel: CancellationToken,
+    cancel: CancellationToken,
     instance: OnceLock<WeakEmissions>,
 }
 
@@ -91,6 +110,23 @@ impl Handlers {
             cancel: CancellationToken::new(),
             instance: OnceLock::new(),
         }
+    }
+
+    pub(crate) fn registered(&self, index: usize) -> &Registered {
+        &self.registered[index]
+    }
+
+    pub(crate) fn depth_limit(&self) -> u32 {
+        self.depth_limit
+    }
+
+    pub(crate) fn ledger(&self) -> &Arc<Ledger> {
+        &self.ledger
+    }
+
+    /// Cancelled when shutdown gives up waiting for runs.
+    pub(crate) fn cancellation(&self) -> &CancellationToken {
+        &self.cancel
     }
 
     pub(crate) fn bind(&self, instance: WeakEmissions) {
@@ -164,7 +200,13 @@ impl Handlers {
 /// The pipeline consumer that starts handler runs. Its events count as delivered at the
 /// `handlers` lane once every subscribed handler has a run.
 pub(crate) struct Dispatcher {
-    pub(crate) handlers: Arc<Handlers>,
+    handlers: Arc<Handlers>,
+}
+
+impl Dispatcher {
+    pub(crate) fn new(handlers: Arc<Handlers>) -> Self {
+        Dispatcher { handlers }
+    }
 }
 
 #[async_trait]
@@ -185,7 +227,7 @@ impl Adapter for Dispatcher {
                 let Ok(permit) = registered.permits.clone().acquire_owned().await else {
                     continue;
                 };
-                let (previous, done) = match &registered.options.key {
+                let (previous, done) = match registered.options.key_fn() {
                     None => (None, None),
                     Some(key) => match key.key(event) {
                         Ok(None) => (None, None),

@@ -243,7 +243,7 @@ pub struct HandlerOptions {
     pub retry: RetryPolicy,
     /// Receives events this handler gave up on. Defaults to none (logged and counted).
     pub dead_letter: Option<DeadLetterHook>,
-    pub(crate) key: Option<KeyFn>,
+    key: Option<KeyFn>,
 }
 
 impl fmt::Debug for HandlerOptions {
@@ -317,6 +317,10 @@ impl HandlerOptions {
     ) -> Self {
         self.key = Some(KeyFn::new(key));
         self
+    }
+
+    pub(crate) fn key_fn(&self) -> Option<&KeyFn> {
+        self.key.as_ref()
     }
 
     /// Checks the options; the error names the handler and the field.

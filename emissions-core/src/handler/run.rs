@@ -56,16 +56,16 @@ impl Run {
     }
 
     fn registered(&self) -> &Registered {
-        &self.handlers.registered[self.index]
+        self.handlers.registered(self.index)
     }
 
     fn end(&mut self, end: RunEnd) {
         self.ended = true;
-        self.handlers.ledger.run_ended(self.index, end);
+        self.handlers.ledger().run_ended(self.index, end);
     }
 
     pub(crate) async fn execute(mut self, previous: Option<oneshot::Receiver<()>>) {
-        let cancel = self.handlers.cancel.clone();
+        let cancel = self.handlers.cancellation().clone();
         if let Some(previous) = previous {
             tokio::select! {
                 biased;
@@ -76,7 +76,7 @@ impl Run {
         let Some(emissions) = self.handlers.instance() else {
             return;
         };
-        let policy = self.registered().options.retry.clone();
+        let policy = self.registered().options().retry.clone();
         loop {
             let started = Instant::now();
             self.attempts.attempted(started);
@@ -84,8 +84,8 @@ impl Run {
                 emissions.clone(),
                 Cascade::of(
                     &self.event,
-                    self.registered().name.clone(),
-                    self.handlers.depth_limit,
+                    self.registered().name().clone(),
+                    self.handlers.depth_limit(),
                 ),
             );
             let outcome = self.attempt(&buffer, &cancel).await;
@@ -97,7 +97,7 @@ impl Run {
                 }
                 Attempt::Handled(handled) => {
                     self.commit_follow_ups(&buffer).await;
-                    let (handler, event) = (&*self.registered().name, self.event.name());
+                    let (handler, event) = (&**self.registered().name(), self.event.name());
                     let (telemetry, end) = match handled {
                         Handled::Done => (
                             TelemetryEvent::HandlerSuccess {
@@ -120,7 +120,7 @@ impl Run {
             };
             buffer.discard();
             emissions.telemetry(&TelemetryEvent::HandlerError {
-                handler: &self.registered().name,
+                handler: self.registered().name(),
                 event: self.event.name(),
                 reason: &reason,
                 duration,
@@ -136,7 +136,7 @@ impl Run {
                 () = cancel.cancelled() => return,
                 () = tokio::time::sleep_until(at) => {}
             }
-            let permits = self.registered().permits.clone();
+            let permits = self.registered().permits().clone();
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => return,
@@ -148,23 +148,23 @@ impl Run {
     async fn attempt(&self, buffer: &Buffer, cancel: &CancellationToken) -> Attempt {
         let registered = self.registered();
         let attempt = self.attempts.made();
-        let ctx = HandlerContext::new(registered.name.clone(), attempt, buffer.clone());
+        let ctx = HandlerContext::new(registered.name().clone(), attempt, buffer.clone());
         let span = tracing::info_span!(
             target: "emissions",
             "handler",
-            handler = &*registered.name,
+            handler = &**registered.name(),
             event = self.event.name(),
             event_id = %self.event.id(),
             attempt,
         );
         let run = buffer
-            .scope(registered.handler.handle(&self.event, &ctx))
+            .scope(registered.handler().handle(&self.event, &ctx))
             .instrument(span);
         #[cfg(feature = "opentelemetry")]
-        let otel_span = crate::otel::HandlerSpan::start(&self.event, &registered.name, attempt);
+        let otel_span = crate::otel::HandlerSpan::start(&self.event, registered.name(), attempt);
         #[cfg(feature = "opentelemetry")]
         let run = otel_span.wrap(run);
-        let guarded = tokio::time::timeout(registered.options.timeout, panic::contain_async(run));
+        let guarded = tokio::time::timeout(registered.options().timeout, panic::contain_async(run));
         let outcome = tokio::select! {
             biased;
             () = cancel.cancelled() => Attempt::Cancelled,
@@ -172,7 +172,7 @@ impl Run {
                 Ok(Ok(Ok(handled))) => Attempt::Handled(handled),
                 Ok(Ok(Err(error))) => Attempt::Failed(error.to_string()),
                 Ok(Err(panic)) => Attempt::Failed(format!("panicked: {panic}")),
-                Err(_) => Attempt::Failed(format!("timed out after {:?}", registered.options.timeout)),
+                Err(_) => Attempt::Failed(format!("timed out after {:?}", registered.options().timeout)),
             },
         };
         #[cfg(feature = "opentelemetry")]
@@ -194,18 +194,18 @@ impl Run {
         if events.is_empty() {
             return;
         }
-        tracing::warn!(target: "emissions", handler = &*self.registered().name, error = %err, "follow-up events not committed");
+        tracing::warn!(target: "emissions", handler = &**self.registered().name(), error = %err, "follow-up events not committed");
         let reason = match err {
             Error::ShutDown => DropReason::Shutdown,
             _ => DropReason::QueueFull,
         };
         self.handlers
-            .ledger
+            .ledger()
             .report_dropped(Destination::Handler(self.index), &events, reason, 0);
     }
 
     fn give_up(&mut self, reason: String) {
-        self.handlers.ledger.dead_letter(
+        self.handlers.ledger().dead_letter(
             Destination::Handler(self.index),
             vec![self.event.clone()],
             Failure::retryable(reason),
@@ -219,7 +219,7 @@ impl Run {
 impl Drop for Run {
     fn drop(&mut self) {
         if !self.ended {
-            self.handlers.ledger.report_dropped(
+            self.handlers.ledger().report_dropped(
                 Destination::Handler(self.index),
                 std::slice::from_ref(&self.event),
                 DropReason::Shutdown,
@@ -233,7 +233,7 @@ impl Drop for Run {
 impl std::fmt::Debug for Run {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Run")
-            .field("handler", &self.registered().name)
+            .field("handler", self.registered().name())
             .field("event", &self.event.name())
             .field("attempts", &self.attempts.made())
             .finish()

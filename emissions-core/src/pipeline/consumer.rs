@@ -47,14 +47,30 @@ enum Flow {
 
 /// The task that feeds one adapter.
 pub(crate) struct Consumer {
-    pub(crate) lane: Arc<Lane>,
-    pub(crate) adapter: Box<dyn Adapter>,
-    pub(crate) options: AdapterOptions,
-    pub(crate) ledger: Arc<Ledger>,
-    pub(crate) control: Arc<Control>,
+    lane: Arc<Lane>,
+    adapter: Box<dyn Adapter>,
+    options: AdapterOptions,
+    ledger: Arc<Ledger>,
+    control: Arc<Control>,
 }
 
 impl Consumer {
+    pub(crate) fn new(
+        lane: Arc<Lane>,
+        adapter: Box<dyn Adapter>,
+        options: AdapterOptions,
+        ledger: Arc<Ledger>,
+        control: Arc<Control>,
+    ) -> Self {
+        Consumer {
+            lane,
+            adapter,
+            options,
+            ledger,
+            control,
+        }
+    }
+
     fn name(&self) -> &str {
         self.ledger.lane_name(self.lane.index)
     }
@@ -104,7 +120,7 @@ impl Consumer {
                 let deadline = self.deadline_or_grace(now);
                 late = backlog.take_due_after(deadline);
                 for segment in &late {
-                    if let Some(key) = &segment.key {
+                    if let Some(key) = segment.key() {
                         backlog.release(key);
                     }
                 }
@@ -137,7 +153,7 @@ impl Consumer {
         let adapter = &self.adapter;
         for (wanted, run) in segment.split_by(|e| panic::contain(|| adapter.interested(e))) {
             match wanted {
-                Ok(true) if self.options.key.is_some() => self.admit_keyed(run, batch),
+                Ok(true) if self.options.key_fn().is_some() => self.admit_keyed(run, batch),
                 Ok(true) => batch.push(run),
                 Ok(false) => run.settle(Final::Filtered),
                 Err(panic) => fail_all(
@@ -149,7 +165,7 @@ impl Consumer {
     }
 
     fn admit_keyed(&self, mut run: Segment, batch: &mut Vec<Segment>) {
-        let key_fn = self.options.key.as_ref().expect("ordered adapter");
+        let key_fn = self.options.key_fn().expect("ordered adapter");
         let mut dropped = Vec::new();
         while run.len() > 0 {
             let mut single = run.split_front(1);
@@ -168,7 +184,7 @@ impl Consumer {
                 }
             };
             let key: Arc<str> = Arc::from(key);
-            single.key = Some(key.clone());
+            single.set_key(key.clone());
             let mut backlog = self.lane.backlog();
             // Only an event that would wait behind its key takes a place in the backlog.
             if backlog.is_busy(&key) && backlog.waiting() >= self.options.backlog {
@@ -179,7 +195,7 @@ impl Consumer {
                     }
                     OverflowPolicy::DropOldest => match backlog.evict_oldest_retry() {
                         Some(evicted) => {
-                            if let Some(key) = &evicted.key {
+                            if let Some(key) = evicted.key() {
                                 backlog.release(key);
                             }
                             dropped.push(evicted);
@@ -210,7 +226,7 @@ impl Consumer {
             .collect();
         let started = Instant::now();
         for segment in &mut batch {
-            segment.attempts.attempted(started);
+            segment.attempted(started);
         }
         self.lane.backlog().send(batch);
         let call = DELIVERING.scope(
@@ -316,7 +332,7 @@ impl Consumer {
                 });
                 for (failure, run) in runs {
                     let Some(group) = failure else {
-                        if let Some(key) = &run.key {
+                        if let Some(key) = run.key() {
                             backlog.release(key);
                         }
                         delivered.push(run);
@@ -324,7 +340,7 @@ impl Consumer {
                     };
                     let failure = &failures[group];
                     let retry_at = if failure.is_retryable() {
-                        run.attempts.next(
+                        run.attempts().next(
                             &self.options.retry,
                             draw,
                             failure.retry_after_hint(),
@@ -336,7 +352,7 @@ impl Consumer {
                     match retry_at {
                         Some(at) => self.schedule(&mut backlog, run, at, &mut overflow),
                         None => {
-                            if let Some(key) = &run.key {
+                            if let Some(key) = run.key() {
                                 backlog.release(key);
                             }
                             given_up[group].push(run);
@@ -371,12 +387,12 @@ impl Consumer {
             match self.options.overflow {
                 OverflowPolicy::DropOldest => {
                     if let Some(evicted) = backlog.evict_oldest_retry() {
-                        if let Some(key) = &evicted.key {
+                        if let Some(key) = evicted.key() {
                             backlog.release(key);
                         }
                         overflow.push(evicted);
                     } else {
-                        if let Some(key) = &segment.key {
+                        if let Some(key) = segment.key() {
                             backlog.release(key);
                         }
                         overflow.push(segment);
@@ -385,7 +401,7 @@ impl Consumer {
                 }
                 OverflowPolicy::Block => {} // no new events are taken until there is room
                 _ => {
-                    if let Some(key) = &segment.key {
+                    if let Some(key) = segment.key() {
                         backlog.release(key);
                     }
                     overflow.push(segment);

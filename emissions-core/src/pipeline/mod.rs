@@ -24,8 +24,8 @@ use segment::{Segment, drop_all};
 /// One adapter's queue and what its consumer holds.
 #[derive(Debug)]
 pub(crate) struct Lane {
-    pub(crate) index: usize,
-    pub(crate) inbox: Inbox,
+    index: usize,
+    inbox: Inbox,
     backlog: Mutex<Backlog>,
 }
 
@@ -36,6 +36,10 @@ impl Lane {
             inbox: Inbox::new(capacity, policy),
             backlog: Mutex::new(Backlog::default()),
         }
+    }
+
+    pub(crate) fn index(&self) -> usize {
+        self.index
     }
 
     pub(crate) fn backlog(&self) -> MutexGuard<'_, Backlog> {
@@ -66,7 +70,7 @@ pub(crate) trait Source: Sync {
 #[derive(Debug)]
 pub(crate) struct Control {
     deadline: watch::Sender<Option<Instant>>,
-    pub(crate) abort: CancellationToken,
+    abort: CancellationToken,
 }
 
 impl Default for Control {
@@ -96,6 +100,11 @@ impl Control {
 
     pub(crate) fn watch(&self) -> watch::Receiver<Option<Instant>> {
         self.deadline.subscribe()
+    }
+
+    /// The deadline has passed: consumers drop what they hold and stop.
+    pub(crate) fn abort(&self) {
+        self.abort.cancel();
     }
 }
 

@@ -215,7 +215,7 @@ impl Backlog {
 
     /// Lets a keyed event go if its key is free; else it waits behind the busy one.
     pub(crate) fn admit(&mut self, segment: Segment) -> Admission {
-        let key = segment.key.clone().expect("admit takes keyed events");
+        let key = segment.key().cloned().expect("admit takes keyed events");
         match self.busy.get_mut(&key) {
             Some(behind) => {
                 self.waiting += segment.len();

@@ -23,9 +23,9 @@ pub(crate) struct Segment {
     start: usize,
     end: usize,
     /// Attempts made at this adapter (shared by every event of the segment).
-    pub(crate) attempts: Attempts,
+    attempts: Attempts,
     /// The ordering key, for adapters with `ordered_by` (such segments hold one event).
-    pub(crate) key: Option<Arc<str>>,
+    key: Option<Arc<str>>,
 }
 
 impl fmt::Debug for Segment {
@@ -51,6 +51,23 @@ impl Segment {
             attempts: Attempts::default(),
             key: None,
         }
+    }
+
+    pub(crate) fn attempts(&self) -> Attempts {
+        self.attempts
+    }
+
+    /// Counts an attempt that is being made now.
+    pub(crate) fn attempted(&mut self, now: tokio::time::Instant) {
+        self.attempts.attempted(now);
+    }
+
+    pub(crate) fn key(&self) -> Option<&Arc<str>> {
+        self.key.as_ref()
+    }
+
+    pub(crate) fn set_key(&mut self, key: Arc<str>) {
+        self.key = Some(key);
     }
 
     pub(crate) fn len(&self) -> usize {
