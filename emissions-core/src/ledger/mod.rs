@@ -61,8 +61,10 @@ impl Tally {
     }
 }
 
-/// One adapter's page of the ledger.
+/// One adapter's page of the ledger. Aligned to its own cache lines: the committing thread
+/// and each adapter's consumer update different lanes' counters at once.
 #[derive(Debug)]
+#[repr(align(128))]
 pub(crate) struct LaneBook {
     name: Arc<str>,
     committed: AtomicU64,

@@ -149,18 +149,43 @@ impl Consumer {
     }
 
     /// Checks new events with `interested`, and for ordered adapters admits one per key.
-    fn admit(&self, segment: Segment, batch: &mut Vec<Segment>) {
+    fn admit(&self, mut segment: Segment, batch: &mut Vec<Segment>) {
         let adapter = &self.adapter;
-        for (wanted, run) in segment.split_by(|e| panic::contain(|| adapter.interested(e))) {
+        let interested = |e: &Event| panic::contain(|| adapter.interested(e));
+        // Usually every event is wanted: find the first that is not before splitting.
+        let mut first = None;
+        for (i, event) in segment.events().iter().enumerate() {
+            let wanted = interested(event);
+            if wanted != Ok(true) {
+                first = Some((i, wanted));
+                break;
+            }
+        }
+        let Some((unwanted_at, unwanted)) = first else {
+            return self.admit_wanted(segment, batch);
+        };
+        if unwanted_at > 0 {
+            self.admit_wanted(segment.split_front(unwanted_at), batch);
+        }
+        let mut decided = Some(unwanted);
+        let runs = segment.split_by(|e| decided.take().unwrap_or_else(|| interested(e)));
+        for (wanted, run) in runs {
             match wanted {
-                Ok(true) if self.options.key_fn().is_some() => self.admit_keyed(run, batch),
-                Ok(true) => batch.push(run),
+                Ok(true) => self.admit_wanted(run, batch),
                 Ok(false) => run.settle(Final::Filtered),
                 Err(panic) => fail_all(
                     vec![run],
                     Failure::permanent(format!("interested panicked: {panic}")),
                 ),
             }
+        }
+    }
+
+    fn admit_wanted(&self, run: Segment, batch: &mut Vec<Segment>) {
+        if self.options.key_fn().is_some() {
+            self.admit_keyed(run, batch);
+        } else {
+            batch.push(run);
         }
     }
 

@@ -146,10 +146,6 @@ impl Pipeline {
         self.closed.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn is_closed(&self) -> bool {
-        *self.fanout()
-    }
-
     /// Records a commit of `source`'s events for every adapter at once, or not at all.
     ///
     /// Cancel-safe: the only wait is for room in block-policy queues, before anything is taken
@@ -157,9 +153,6 @@ impl Pipeline {
     pub(crate) async fn commit(&self, source: &impl Source) -> Result<Receipt, Error> {
         loop {
             let pending = source.pending()?;
-            if self.is_closed() {
-                return Err(Error::ShutDown);
-            }
             let reserved = self.reserve(pending).await?;
             let mut overflow = Vec::new();
             let receipt = {
