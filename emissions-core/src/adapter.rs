@@ -43,7 +43,10 @@ use crate::{BoxError, Event};
 ///   whatever it reports later is ignored.
 /// - **Committing from inside.** A commit made from `handle_events` never waits for room in a
 ///   queue with the block policy (it could wait on itself): it fails with
-///   [`Error::QueueFull`](crate::Error::QueueFull) and commits nothing.
+///   [`Error::QueueFull`](crate::Error::QueueFull) and commits nothing. This follows the call's
+///   own task only: a task that `handle_events` spawns and then awaits is not covered, and can
+///   deadlock the adapter on its own full queue — commit from the call itself, or do not await
+///   such a task there.
 /// - **Backpressure.** Taking long in `handle_events` is how an adapter slows its own input; it
 ///   never delays other adapters or the committing request (see the overflow policy).
 /// - **Payload bytes.** [`Event::payload`] is the JSON written at emit time, shared by every

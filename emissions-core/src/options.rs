@@ -186,8 +186,11 @@ impl RetryPolicy {
         }
         let exp = i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX);
         let secs = self.initial_backoff.as_secs_f64() * self.multiplier.powi(exp);
-        let max = self.max_backoff.as_secs_f64();
-        Duration::from_secs_f64(if secs.is_finite() { secs.min(max) } else { max })
+        if !secs.is_finite() || secs >= self.max_backoff.as_secs_f64() {
+            return self.max_backoff;
+        }
+        // Saturates instead of panicking for values too large to represent.
+        Duration::try_from_secs_f64(secs).unwrap_or(self.max_backoff)
     }
 
     /// The jittered delay after failed attempt `attempt`: uniform in `[base / 2, base]`.
@@ -199,7 +202,9 @@ impl RetryPolicy {
     /// The delay after failed attempt `attempt` for a jitter draw from [`jitter`]: events that
     /// failed together share one draw, so they come due (and are retried) together.
     pub(crate) fn jittered(&self, attempt: u32, jitter: f64) -> Duration {
-        self.base_delay(attempt).mul_f64(jitter.clamp(0.5, 1.0))
+        let base = self.base_delay(attempt);
+        Duration::try_from_secs_f64(base.as_secs_f64() * jitter.clamp(0.5, 1.0))
+            .map_or(base, |delay| delay.min(base))
     }
 
     pub(crate) fn validate(&self, adapter: &str) -> Result<(), Error> {
@@ -452,7 +457,8 @@ impl AdapterOptions {
     /// of their key. When it is full, the overflow policy applies: drop newest drops the event
     /// that would wait, drop oldest evicts the oldest waiting retry, block stops taking new
     /// events from the queue until there is room (the queue then fills and blocks committers).
-    /// Drops are counted with reason `backlog_full`. Defaults to 10 000.
+    /// Drops are counted with reason `backlog_full`. Must be at least `max_demand`. Defaults
+    /// to 10 000.
     ///
     /// ```
     /// assert_eq!(emissions_core::AdapterOptions::default().backlog(100).backlog, 100);
@@ -518,8 +524,15 @@ impl AdapterOptions {
         if self.max_demand == 0 {
             return Err(Error::config(adapter, "max_demand", "must be at least 1"));
         }
-        if self.backlog == 0 {
-            return Err(Error::config(adapter, "backlog", "must be at least 1"));
+        if self.backlog < self.max_demand {
+            return Err(Error::config(
+                adapter,
+                "backlog",
+                format!(
+                    "{} is smaller than max_demand {}; raise backlog or lower max_demand",
+                    self.backlog, self.max_demand
+                ),
+            ));
         }
         if self.max_demand > self.capacity {
             return Err(Error::config(
@@ -575,12 +588,40 @@ mod tests {
         assert_eq!(p.base_delay(u32::MAX), Duration::from_secs(30));
     }
 
+    proptest::proptest! {
+        /// Any policy that validates computes every delay without panicking, within
+        /// `[base / 2, base]` and never above `max_backoff`.
+        #[test]
+        fn delays_never_panic(
+            initial in proptest::prelude::any::<u64>(),
+            max in proptest::prelude::any::<u64>(),
+            nanos in 0u32..1_000_000_000,
+            multiplier in proptest::prelude::any::<f64>(),
+            attempt in proptest::prelude::any::<u32>(),
+            jitter in proptest::prelude::any::<f64>(),
+        ) {
+            let initial = Duration::new(initial, nanos).min(Duration::MAX);
+            let max = Duration::new(max, nanos).max(initial);
+            for max in [max, Duration::MAX] {
+                let policy = RetryPolicy::default().backoff(initial, max).multiplier(multiplier);
+                if policy.validate("a").is_err() {
+                    continue;
+                }
+                let base = policy.base_delay(attempt);
+                proptest::prop_assert!(base <= max);
+                let delay = policy.jittered(attempt, jitter);
+                proptest::prop_assert!(delay <= base);
+            }
+        }
+    }
+
     #[test]
     fn invalid_options_name_the_field() {
         let cases = [
             (AdapterOptions::default().capacity(0), "capacity"),
             (AdapterOptions::default().max_demand(0), "max_demand"),
             (AdapterOptions::default().backlog(0), "backlog"),
+            (AdapterOptions::default().backlog(10), "backlog"),
             (
                 AdapterOptions::default()
                     .capacity(MAX_CAPACITY + 1)

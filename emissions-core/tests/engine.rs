@@ -898,3 +898,286 @@ async fn overflow_and_shutdown_drops_reach_the_dead_letter_hook() {
         ]
     );
 }
+
+// Found by review: a round whose new events all drop out of the batch (filtered, refused by a
+// panicking `interested`, held behind their key) must not send the consumer to sleep with
+// deliverable events still queued.
+
+#[tokio::test]
+async fn events_behind_a_run_of_filtered_ones_are_delivered_without_another_commit() {
+    let adapter = Scripted::ok().interested(|e| e.name() != "skip");
+    let calls = adapter.calls();
+    let emissions = Emissions::builder()
+        .adapter_with("a", adapter, AdapterOptions::default().max_demand(2))
+        .start()
+        .await
+        .unwrap();
+    // The consumer is idle when the commit arrives, as in any running service.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let buffer = emissions.start();
+    for _ in 0..60 {
+        buffer.emit("skip", &1u64).unwrap();
+    }
+    buffer.emit("want", &2u64).unwrap();
+    let receipt = buffer.commit().await.unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(5), receipt.settled())
+        .await
+        .expect("the wanted event is delivered without a nudge");
+    let counts = outcome.adapter("a").unwrap();
+    assert_eq!((counts.delivered, counts.filtered), (1, 60));
+    assert_eq!(calls.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn events_behind_a_panicking_interested_are_delivered_without_another_commit() {
+    let adapter = Scripted::ok().interested(|e| {
+        assert!(e.name() != "boom", "interested exploded");
+        true
+    });
+    let emissions = Emissions::builder()
+        .adapter_with("a", adapter, AdapterOptions::default().max_demand(1))
+        .start()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let buffer = emissions.start();
+    buffer.emit("boom", &1u64).unwrap();
+    buffer.emit("want", &2u64).unwrap();
+    let receipt = buffer.commit().await.unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(5), receipt.settled())
+        .await
+        .expect("delivered without a nudge");
+    let counts = outcome.adapter("a").unwrap();
+    assert_eq!((counts.delivered, counts.failed), (1, 1));
+}
+
+#[tokio::test]
+async fn a_graceful_shutdown_drains_behind_filtered_events_and_flushes() {
+    let flushed = Arc::new(AtomicBool::new(false));
+    struct Picky(Arc<AtomicBool>);
+    #[async_trait]
+    impl Adapter for Picky {
+        fn interested(&self, event: &Event) -> bool {
+            event.name() == "want"
+        }
+        async fn handle_events(&mut self, _: &[Event]) -> Result<(), BatchError> {
+            Ok(())
+        }
+        async fn shutdown(&mut self, _: Instant) -> Result<(), BoxError> {
+            self.0.store(true, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+    let emissions = Emissions::builder()
+        .adapter_with(
+            "picky",
+            Picky(flushed.clone()),
+            AdapterOptions::default().max_demand(2),
+        )
+        .start()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let buffer = emissions.start();
+    for _ in 0..10 {
+        buffer.emit("skip", &1u64).unwrap();
+    }
+    buffer.emit("want", &2u64).unwrap();
+    buffer.commit().await.unwrap();
+    let started = std::time::Instant::now();
+    let report = emissions.shutdown(Duration::from_secs(2)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the drain waited for the deadline"
+    );
+    let picky = report.adapter("picky").unwrap();
+    assert_eq!((picky.counts.delivered, picky.counts.dropped), (1, 0));
+    assert!(!picky.deadline_exceeded);
+    assert!(flushed.load(Ordering::SeqCst));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_held_keyed_event_does_not_hold_other_keys_until_the_retry() {
+    // max_demand 1: a1 (key A) fails once, an hour-long retry; a2 (key A) is held; b1 (key B)
+    // must go at once.
+    let adapter = failing_when(|id, attempt| id == 1 && attempt == 1);
+    let calls = adapter.calls();
+    let options = AdapterOptions::default()
+        .max_demand(1)
+        .retry(RetryPolicy::schedule([Duration::from_secs(3600)]))
+        .ordered_by(|e| {
+            Some(
+                if e.payload_as::<u64>().unwrap() < 10 {
+                    "A"
+                } else {
+                    "B"
+                }
+                .to_owned(),
+            )
+        });
+    let emissions = Emissions::builder()
+        .adapter_with("keyed", adapter, options)
+        .start()
+        .await
+        .unwrap();
+    // The consumer is idle when the commit arrives, as in any running service.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let started = Instant::now();
+    commit_ids(&emissions, [1, 2, 10]).await;
+    emissions.settled().await;
+    let calls = calls.lock().unwrap();
+    let b1 = calls
+        .iter()
+        .find(|(_, batch)| batch[0].payload_as::<u64>().unwrap() == 10)
+        .unwrap()
+        .0;
+    assert!(
+        b1 - started < Duration::from_secs(1),
+        "key B waited {:?}",
+        b1 - started
+    );
+}
+
+// Found by review: an ordered handler whose run fails must not deadlock its key (a run waiting
+// behind its key held the only slot the retry needed) nor stall other handlers.
+
+struct FailsFirstAttemptOfOne {
+    runs: Arc<Mutex<Vec<(u64, u32)>>>,
+}
+
+#[async_trait]
+impl Handler for FailsFirstAttemptOfOne {
+    fn events(&self) -> &[&str] {
+        &["e"]
+    }
+
+    async fn handle(&self, event: &Event, ctx: &HandlerContext) -> Result<Handled, BoxError> {
+        let id: u64 = event.payload_as().unwrap();
+        self.runs.lock().unwrap().push((id, ctx.attempt()));
+        if id == 1 && ctx.attempt() == 1 {
+            return Err("first attempt of event 1 fails".into());
+        }
+        Ok(Handled::Done)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ordered_handler_retries_without_deadlocking_its_key_or_other_handlers() {
+    let runs = Arc::new(Mutex::new(Vec::new()));
+    let other = Arc::new(AtomicUsize::new(0));
+    let emissions = Emissions::builder()
+        .handler_with(
+            "ordered",
+            FailsFirstAttemptOfOne { runs: runs.clone() },
+            HandlerOptions::default()
+                .concurrency(1)
+                .retry(RetryPolicy::schedule([Duration::from_secs(10)]))
+                .ordered_by(|_| Some("same".to_owned())),
+        )
+        .handler(
+            "other",
+            Counting {
+                runs: other.clone(),
+            },
+        )
+        .start()
+        .await
+        .unwrap();
+    commit_ids(&emissions, [1, 2, 3]).await;
+    tokio::time::timeout(Duration::from_secs(60), emissions.settled())
+        .await
+        .expect("no deadlock");
+    assert_eq!(*runs.lock().unwrap(), [(1, 1), (1, 2), (2, 1), (3, 1)]);
+    assert_eq!(other.load(Ordering::SeqCst), 3);
+}
+
+// Found by review: huge backoff values must not panic inside the engine.
+
+#[tokio::test(start_paused = true)]
+async fn huge_backoffs_give_up_instead_of_panicking() {
+    for policy in [
+        RetryPolicy::default().backoff(Duration::MAX, Duration::MAX),
+        RetryPolicy::default()
+            .backoff(Duration::from_millis(1), Duration::MAX)
+            .multiplier(1e300),
+    ] {
+        let adapter = failing_when(|id, attempt| id == 1 && attempt == 1);
+        let (options, dead) = dead_letters(AdapterOptions::default().retry(policy));
+        let emissions = Emissions::builder()
+            .adapter_with("a", adapter, options)
+            .start()
+            .await
+            .unwrap();
+        commit_ids(&emissions, [1]).await;
+        let after = emissions.emit_now("e", &2u64).await.unwrap();
+        let outcome = tokio::time::timeout(Duration::from_secs(5), after.settled())
+            .await
+            .expect("the consumer lives");
+        assert!(outcome.is_delivered());
+        emissions.settled().await;
+        // On the paused clock even an astronomically long (representable) delay passes, so the
+        // event may end delivered or failed — but never dropped, and the consumer never dies.
+        let report = emissions.shutdown(Duration::from_secs(1)).await;
+        let counts = report.adapters[0].counts;
+        assert_eq!(counts.delivered + counts.failed, 2, "{counts:?}");
+        assert_eq!(counts.dropped, 0, "{counts:?}");
+        assert!(report.adapters[0].shutdown_error.is_none(), "{report:?}");
+        assert!(
+            dead.lock()
+                .unwrap()
+                .iter()
+                .all(|(_, _, cause)| *cause == DeadLetterCause::Failed)
+        );
+    }
+}
+
+// Found by review: drop-oldest must keep the backlog within its bound, however many events
+// fail together.
+
+#[tokio::test(start_paused = true)]
+async fn drop_oldest_keeps_the_backlog_within_its_bound() {
+    // The first three calls fail whole; the backlog holds 3. Events 1 and 2 wait; then 3, 4
+    // and 5 fail together: the two oldest must make room for them.
+    let adapter = Scripted::new(|call, _| {
+        if call < 3 {
+            Err(BatchError::retryable("down"))
+        } else {
+            Ok(())
+        }
+    });
+    let (options, dead) = dead_letters(
+        AdapterOptions::default()
+            .max_demand(3)
+            .backlog(3)
+            .overflow(OverflowPolicy::DropOldest)
+            .retry(RetryPolicy::schedule([Duration::from_secs(60)])),
+    );
+    let emissions = Emissions::builder()
+        .adapter_with("a", adapter, options)
+        .start()
+        .await
+        .unwrap();
+    commit_ids(&emissions, [1]).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    commit_ids(&emissions, [2]).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    commit_ids(&emissions, [3, 4, 5]).await;
+    emissions.settled().await;
+    let report = emissions.shutdown(Duration::from_secs(1)).await;
+    let counts = report.adapters[0].counts;
+    assert_eq!((counts.delivered, counts.dropped), (3, 2), "{counts:?}");
+    let mut evicted: Vec<u64> = dead
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|(ids, _, cause)| {
+            assert_eq!(
+                *cause,
+                DeadLetterCause::Dropped(emissions_core::telemetry::DropReason::BacklogFull)
+            );
+            ids.clone()
+        })
+        .collect();
+    evicted.sort_unstable();
+    assert_eq!(evicted, [1, 2]);
+}

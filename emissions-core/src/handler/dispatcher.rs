@@ -28,7 +28,10 @@ pub(crate) struct Registered {
     name: Arc<str>,
     handler: Arc<dyn Handler>,
     options: HandlerOptions,
+    /// Slots for runs handling an event (`concurrency`).
     permits: Arc<Semaphore>,
+    /// Slots for runs in existence, running or waiting (`concurrency + backlog`).
+    admission: Arc<Semaphore>,
     /// For ordered handlers: per key, the completion signal of the latest run.
     chains: Mutex<HashMap<String, oneshot::Receiver<()>>>,
 }
@@ -46,7 +49,7 @@ impl Registered {
         &self.options
     }
 
-    /// The handler's concurrency slots.
+    /// The handler's concurrency slots, held only while a run handles its event.
     pub(crate) fn permits(&self) -> &Arc<Semaphore> {
         &self.permits
     }
@@ -95,6 +98,9 @@ impl Handlers {
                 Registered {
                     name: Arc::from(name.as_str()),
                     permits: Arc::new(Semaphore::new(options.concurrency)),
+                    admission: Arc::new(Semaphore::new(
+                        options.concurrency.saturating_add(options.backlog),
+                    )),
                     handler,
                     options,
                     chains: Mutex::new(HashMap::new()),
@@ -224,7 +230,7 @@ impl Adapter for Dispatcher {
             for &index in subscribers {
                 let registered = &handlers.registered[index];
                 // Waiting here is the backpressure of a saturated handler.
-                let Ok(permit) = registered.permits.clone().acquire_owned().await else {
+                let Ok(admitted) = registered.admission.clone().acquire_owned().await else {
                     continue;
                 };
                 let (previous, done) = match registered.options.key_fn() {
@@ -242,7 +248,7 @@ impl Adapter for Dispatcher {
                     },
                 };
                 handlers.ledger.run_dispatched(index);
-                let run = Run::new(handlers.clone(), index, event.clone(), permit, done);
+                let run = Run::new(handlers.clone(), index, event.clone(), admitted, done);
                 handlers.tasks.spawn(run.execute(previous));
             }
         }

@@ -13,7 +13,7 @@
 //! or the pipeline: it is reported as `emissions.handler.error` (the reason is the error, the
 //! panic message, or `timed out after …`) and retried under the handler's
 //! [`RetryPolicy`] — the same retry clock as adapters: attempts are the
-//! run's own, and while it waits for its retry it gives its concurrency slot back, so a failing
+//! run's own, and while it waits for its retry it holds no concurrency slot, so a failing
 //! event never holds up the others. Once the policy gives up, the event goes to the handler's
 //! dead-letter hook and counts as failed for that handler. A panic in the handler's
 //! [`ordered_by`](HandlerOptions::ordered_by) key function fails that one event for that one
@@ -21,10 +21,13 @@
 //!
 //! # Concurrency and order
 //!
-//! Each handler runs at most `concurrency` events at once (default 16); when it is saturated the
-//! dispatcher waits, its queue fills, and its overflow policy applies — backpressure, not
-//! unbounded tasks. By default events run concurrently and may finish in any order;
-//! [`HandlerOptions::ordered_by`] keeps the events of one key in dispatch order for that handler.
+//! Each handler runs at most `concurrency` events at once (default 16). Besides those, up to
+//! `backlog` runs (default 1 000) may wait — for a retry, or behind an earlier event of their
+//! key — without holding a concurrency slot, so a waiting run never blocks a running one. When
+//! a handler holds `concurrency + backlog` runs, the dispatcher waits, its queue fills, and its
+//! overflow policy applies — backpressure, not unbounded tasks. By default events run
+//! concurrently and may finish in any order; [`HandlerOptions::ordered_by`] keeps the events of
+//! one key in dispatch order for that handler.
 //!
 //! # Cascading
 //!
@@ -218,8 +221,8 @@ impl HandlerContext {
     }
 }
 
-/// Options of one handler. Defaults: concurrency 16, timeout 30 s, [`RetryPolicy::default`],
-/// no dead-letter hook, unordered.
+/// Options of one handler. Defaults: concurrency 16, backlog 1 000, timeout 30 s,
+/// [`RetryPolicy::default`], no dead-letter hook, unordered.
 ///
 /// ```
 /// use std::time::Duration;
@@ -235,8 +238,11 @@ impl HandlerContext {
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct HandlerOptions {
-    /// Most runs of this handler at once. Defaults to 16.
+    /// Most runs of this handler handling an event at once. Defaults to 16.
     pub concurrency: usize,
+    /// Most runs waiting besides those — for a retry, or behind an earlier event of their key.
+    /// Defaults to 1 000.
+    pub backlog: usize,
     /// Longest a run may take before it fails. Defaults to 30 s.
     pub timeout: Duration,
     /// Retries of failed runs. Defaults to [`RetryPolicy::default`].
@@ -250,6 +256,7 @@ impl fmt::Debug for HandlerOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HandlerOptions")
             .field("concurrency", &self.concurrency)
+            .field("backlog", &self.backlog)
             .field("timeout", &self.timeout)
             .field("retry", &self.retry)
             .field("dead_letter", &self.dead_letter)
@@ -262,6 +269,7 @@ impl Default for HandlerOptions {
     fn default() -> Self {
         HandlerOptions {
             concurrency: 16,
+            backlog: 1_000,
             timeout: Duration::from_secs(30),
             retry: RetryPolicy::default(),
             dead_letter: None,
@@ -276,6 +284,17 @@ impl HandlerOptions {
     /// See [`HandlerOptions`].
     pub fn concurrency(mut self, limit: usize) -> Self {
         self.concurrency = limit;
+        self
+    }
+
+    /// Sets how many runs may wait besides the running ones (for a retry, or behind an
+    /// earlier event of their key). Defaults to 1 000.
+    ///
+    /// ```
+    /// assert_eq!(emissions_core::HandlerOptions::default().backlog(10).backlog, 10);
+    /// ```
+    pub fn backlog(mut self, runs: usize) -> Self {
+        self.backlog = runs;
         self
     }
 

@@ -24,8 +24,8 @@ pub(crate) struct Run {
     event: Event,
     attempts: Attempts,
     ended: bool,
-    /// The handler's concurrency slot; given back while waiting for a retry.
-    permit: Option<OwnedSemaphorePermit>,
+    /// The run's place among the handler's runs (`concurrency + backlog`), for its whole life.
+    _admitted: OwnedSemaphorePermit,
     /// Dropped when the run ends, releasing the next run of the same key.
     _done: Option<oneshot::Sender<()>>,
 }
@@ -41,7 +41,7 @@ impl Run {
         handlers: Arc<Handlers>,
         index: usize,
         event: Event,
-        permit: OwnedSemaphorePermit,
+        admitted: OwnedSemaphorePermit,
         done: Option<oneshot::Sender<()>>,
     ) -> Self {
         Run {
@@ -50,7 +50,7 @@ impl Run {
             event,
             attempts: Attempts::default(),
             ended: false,
-            permit: Some(permit),
+            _admitted: admitted,
             _done: done,
         }
     }
@@ -78,6 +78,14 @@ impl Run {
         };
         let policy = self.registered().options().retry.clone();
         loop {
+            // A concurrency slot only while handling: a run waiting (for its key or a retry)
+            // never holds one, so it can never block the run it waits for.
+            let permits = self.registered().permits().clone();
+            let slot = tokio::select! {
+                biased;
+                () = cancel.cancelled() => return,
+                slot = permits.acquire_owned() => slot,
+            };
             let started = Instant::now();
             self.attempts.attempted(started);
             let buffer = Buffer::for_run(
@@ -129,18 +137,11 @@ impl Run {
                 self.give_up(reason);
                 return;
             };
-            // Wait beside the others: the concurrency slot is free meanwhile.
-            self.permit = None;
+            drop(slot);
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => return,
                 () = tokio::time::sleep_until(at) => {}
-            }
-            let permits = self.registered().permits().clone();
-            tokio::select! {
-                biased;
-                () = cancel.cancelled() => return,
-                permit = permits.acquire_owned() => self.permit = permit.ok(),
             }
         }
     }

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::ledger::{Final, Ledger};
 use crate::options::jitter;
 use crate::panic;
-use crate::pipeline::retry::Admission;
+use crate::pipeline::retry::{Admission, Backlog};
 use crate::pipeline::segment::{Segment, drop_all, fail_all};
 use crate::pipeline::{Control, Lane};
 use crate::telemetry::{DropReason, TelemetryEvent};
@@ -82,7 +82,7 @@ impl Consumer {
             if abort.is_cancelled() {
                 break false;
             }
-            let Some(batch) = self.next_batch() else {
+            let Some((batch, progressed)) = self.next_batch() else {
                 return; // fenced
             };
             if !batch.is_empty() {
@@ -91,6 +91,12 @@ impl Consumer {
                     Flow::Aborted => break false,
                     Flow::Fenced => return,
                 }
+            }
+            if progressed {
+                // Everything taken this round was filtered, refused, held behind its key or
+                // dropped: look again at once (more may be queued), without hogging the thread.
+                tokio::task::consume_budget().await;
+                continue;
             }
             if self.lane.inbox.is_drained() && self.lane.backlog().is_empty() {
                 break true;
@@ -104,8 +110,9 @@ impl Consumer {
         }
     }
 
-    /// Builds the next batch; `None` once fenced.
-    fn next_batch(&mut self) -> Option<Vec<Segment>> {
+    /// Builds the next batch, and says whether anything was taken from the queue or the
+    /// backlog for it (even if nothing of it is left to deliver); `None` once fenced.
+    fn next_batch(&mut self) -> Option<(Vec<Segment>, bool)> {
         let now = Instant::now();
         let max = self.options.max_demand;
         let mut batch = Vec::new();
@@ -126,10 +133,13 @@ impl Consumer {
                 }
             }
             let taken = backlog.take_due(now, max, &mut batch);
+            // Under the block policy, new events are taken only while every one of them could
+            // still wait in the backlog: the bound holds exactly.
             let room = self.options.overflow != OverflowPolicy::Block
-                || backlog.waiting() < self.options.backlog;
+                || backlog.waiting() + max <= self.options.backlog;
             (taken, room)
         };
+        let mut progressed = taken > 0 || !late.is_empty();
         if !late.is_empty() {
             self.ledger.set_deadline_exceeded(self.lane.index);
             self.ledger.set_shutdown_error(
@@ -140,12 +150,12 @@ impl Consumer {
         }
         if taken < max && room {
             let mut fresh = Vec::new();
-            self.lane.inbox.take(max - taken, &mut fresh);
+            progressed |= self.lane.inbox.take(max - taken, &mut fresh) > 0;
             for segment in fresh {
                 self.admit(segment, &mut batch);
             }
         }
-        Some(batch)
+        Some((batch, progressed))
     }
 
     /// Checks new events with `interested`, and for ordered adapters admits one per key.
@@ -214,24 +224,20 @@ impl Consumer {
             // Only an event that would wait behind its key takes a place in the backlog.
             if backlog.is_busy(&key) && backlog.waiting() >= self.options.backlog {
                 match self.options.overflow {
-                    OverflowPolicy::DropNewest => {
-                        dropped.push(single);
-                        continue;
-                    }
-                    OverflowPolicy::DropOldest => match backlog.evict_oldest_retry() {
-                        Some(evicted) => {
-                            if let Some(key) = evicted.key() {
-                                backlog.release(key);
-                            }
-                            dropped.push(evicted);
-                        }
-                        None => {
+                    OverflowPolicy::DropOldest => {
+                        let evicted = backlog.evict_oldest_retries(1);
+                        if evicted.is_empty() {
                             dropped.push(single);
                             continue;
                         }
-                    },
-                    // Block: held anyway; no new events are taken until there is room.
-                    _ => {}
+                        dropped.extend(evicted);
+                    }
+                    // Block: cannot happen (new events are taken only while they all fit).
+                    OverflowPolicy::Block => {}
+                    _ => {
+                        dropped.push(single);
+                        continue;
+                    }
                 }
             }
             if let Admission::Go(single) = backlog.admit(single) {
@@ -403,33 +409,44 @@ impl Consumer {
     /// the backlog is full; what does not fit goes to `overflow`.
     fn schedule(
         &self,
-        backlog: &mut crate::pipeline::retry::Backlog,
+        backlog: &mut Backlog,
         segment: Segment,
         at: Instant,
         overflow: &mut Vec<Segment>,
     ) {
-        if backlog.waiting() + segment.len() > self.options.backlog {
+        let room = self.options.backlog.saturating_sub(backlog.waiting());
+        if segment.len() > room {
             match self.options.overflow {
                 OverflowPolicy::DropOldest => {
-                    if let Some(evicted) = backlog.evict_oldest_retry() {
-                        if let Some(key) = evicted.key() {
-                            backlog.release(key);
-                        }
-                        overflow.push(evicted);
-                    } else {
+                    let evicted = backlog.evict_oldest_retries(segment.len() - room);
+                    let freed: usize = evicted.iter().map(Segment::len).sum();
+                    overflow.extend(evicted);
+                    if freed + room < segment.len() {
+                        // Not enough older retries to evict: the newest do not fit either.
+                        let mut segment = segment;
+                        let fits = segment.split_front(freed + room);
                         if let Some(key) = segment.key() {
                             backlog.release(key);
                         }
                         overflow.push(segment);
+                        if fits.len() > 0 {
+                            backlog.schedule(fits, at);
+                        }
                         return;
                     }
                 }
-                OverflowPolicy::Block => {} // no new events are taken until there is room
+                // Block: cannot happen (new events are taken only while they all fit).
+                OverflowPolicy::Block => {}
                 _ => {
+                    let mut segment = segment;
+                    let fits = segment.split_front(room);
                     if let Some(key) = segment.key() {
                         backlog.release(key);
                     }
                     overflow.push(segment);
+                    if fits.len() > 0 {
+                        backlog.schedule(fits, at);
+                    }
                     return;
                 }
             }

@@ -187,25 +187,41 @@ impl Backlog {
         }));
     }
 
-    /// Evicts the retry that entered the backlog first, to make room (drop-oldest policy).
-    pub(crate) fn evict_oldest_retry(&mut self) -> Option<Segment> {
-        let oldest = self.retries.iter().map(|Reverse(d)| d.seq).min()?;
-        let mut evicted = None;
-        let retries = std::mem::take(&mut self.retries);
-        self.retries = retries
+    /// Evicts up to `n` events from the retries that entered the backlog first (drop-oldest
+    /// policy), splitting the last one if it is larger than needed; releases their keys.
+    pub(crate) fn evict_oldest_retries(&mut self, n: usize) -> Vec<Segment> {
+        let mut evicted = Vec::new();
+        let mut left = n;
+        if left == 0 || self.retries.is_empty() {
+            return evicted;
+        }
+        let mut by_age: Vec<Due> = std::mem::take(&mut self.retries)
             .into_iter()
-            .filter_map(|Reverse(due)| {
-                if due.seq == oldest {
-                    evicted = Some(due.segment);
-                    None
-                } else {
-                    Some(Reverse(due))
-                }
-            })
+            .map(|r| r.0)
             .collect();
-        let evicted = evicted?;
-        self.waiting -= evicted.len();
-        Some(evicted)
+        by_age.sort_by_key(|due| due.seq);
+        let mut kept = BinaryHeap::with_capacity(by_age.len());
+        for mut due in by_age {
+            if left > 0 {
+                let segment = if due.segment.len() > left {
+                    let front = due.segment.split_front(left);
+                    kept.push(Reverse(due));
+                    front
+                } else {
+                    due.segment
+                };
+                left -= segment.len();
+                self.waiting -= segment.len();
+                if let Some(key) = segment.key().cloned() {
+                    self.release(&key);
+                }
+                evicted.push(segment);
+            } else {
+                kept.push(Reverse(due));
+            }
+        }
+        self.retries = kept;
+        evicted
     }
 
     /// Whether an event of `key` is in flight, waiting for a retry, or ready.
