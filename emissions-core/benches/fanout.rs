@@ -4,7 +4,8 @@
 //!
 //! Run: `cargo bench -p emissions-core --bench fanout` (or `cargo xtask bench`).
 //! `BENCH_EVENTS` sets the events per run (default 1 000 000). Every figure is the median of
-//! three runs. `BENCH_ONLY_EMISSIONS=<adapters>` runs the emissions side alone (for `perf`).
+//! five runs. `BENCH_ONLY_EMISSIONS=<adapters>` (or `BENCH_ONLY_FLUME`) runs one side alone
+//! (for `perf`, or `valgrind --tool=callgrind` to count instructions).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -21,7 +22,7 @@ const COMMIT: usize = 5;
 const CAPACITY: usize = 10_000;
 const MAX_DEMAND: usize = 50;
 /// Runs per measurement; tables show the median.
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 
 #[derive(Serialize)]
 struct Tick {
@@ -320,6 +321,16 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    // Profiling aids: `BENCH_ONLY_EMISSIONS=<adapters>` / `BENCH_ONLY_FLUME=<adapters>` run
+    // one side alone (for `perf`, or `valgrind --tool=callgrind` to count instructions).
+    if let Some(adapters) = std::env::var("BENCH_ONLY_FLUME")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        let run = rt.block_on(flume(adapters, events, ""));
+        println!("{:.0} events/s per adapter", events as f64 / run.secs);
+        return;
+    }
     // Profiling aid: `BENCH_ONLY_EMISSIONS=<adapters>` runs only the emissions side.
     if let Some(adapters) = std::env::var("BENCH_ONLY_EMISSIONS")
         .ok()

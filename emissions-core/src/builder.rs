@@ -255,7 +255,7 @@ impl EmissionsBuilder {
                 Arc::new(Lane::new(index, options.capacity, options.overflow))
             })
             .collect();
-        let control = Arc::new(Control::default());
+        let control = Arc::new(Control::new(lanes.clone()));
         let mut consumers = JoinSet::new();
         let mut consumer_lanes = HashMap::new();
         for ((_, adapter, options), lane) in registrations.into_iter().zip(&lanes) {

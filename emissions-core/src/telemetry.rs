@@ -475,7 +475,10 @@ impl Telemetry {
     /// Emits `event` as a `tracing` event and to every observer. Observers (and tracing
     /// subscribers) are user code: a panic in one is logged and stops nothing.
     pub(crate) fn emit(&self, event: &TelemetryEvent<'_>) {
-        if let Err(panic) = crate::panic::contain(|| trace(event)) {
+        // Without any subscriber there is nothing to call (or to contain).
+        if tracing::dispatcher::has_been_set()
+            && let Err(panic) = crate::panic::contain(|| trace(event))
+        {
             eprintln!(
                 "emissions: a tracing subscriber panicked on {}: {panic}",
                 event.name()

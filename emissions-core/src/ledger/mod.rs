@@ -16,7 +16,7 @@ mod receipt;
 mod report;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::Notify;
 
@@ -189,8 +189,9 @@ impl Ledger {
             lane.committed.fetch_add(n as u64, Ordering::AcqRel);
         }
         Arc::new(Commit {
+            receipts: AtomicUsize::new(1),
             remaining: AtomicUsize::new(n * self.lanes.len()),
-            tallies: (0..self.lanes.len()).map(|_| Tally::default()).collect(),
+            tallies: OnceLock::new(),
             ledger: self.clone(),
             events,
             awaited: AtomicBool::new(false),
@@ -415,9 +416,15 @@ impl Drop for Unwatch<'_> {
 pub(crate) struct Commit {
     ledger: Arc<Ledger>,
     events: Vec<Event>,
-    /// Event × adapter pairs not yet settled.
+    /// Receipts alive. Starts at 1 (the commit's own receipt) and once 0 stays 0: nobody can
+    /// ask for this commit's outcome any more, so `remaining` and `tallies` are left alone
+    /// (fire-and-forget commits then cost consumers no shared writes).
+    receipts: AtomicUsize,
+    /// Event × adapter pairs not yet settled (kept while a receipt is alive).
     remaining: AtomicUsize,
-    tallies: Box<[Tally]>,
+    /// Per adapter, how its events ended; made when the first event settles while a receipt
+    /// is alive (most commits' receipts are dropped before that).
+    tallies: OnceLock<Box<[Tally]>>,
     /// Whether a receipt waits (settling skips the wake-up otherwise).
     awaited: AtomicBool,
     done: Notify,
@@ -437,15 +444,33 @@ impl Commit {
         if n == 0 {
             return;
         }
-        self.tallies[lane].add(state, n as u64);
-        self.ledger.lanes[lane].settled.add(state, n as u64);
-        if self.remaining.fetch_sub(n, Ordering::AcqRel) == n {
-            fence(Ordering::SeqCst);
-            if self.awaited.load(Ordering::Relaxed) {
-                self.done.notify_waiters();
+        if self.receipts.load(Ordering::Acquire) > 0 {
+            self.tallies()[lane].add(state, n as u64);
+            if self.remaining.fetch_sub(n, Ordering::AcqRel) == n {
+                fence(Ordering::SeqCst);
+                if self.awaited.load(Ordering::Relaxed) {
+                    self.done.notify_waiters();
+                }
             }
         }
+        self.ledger.lanes[lane].settled.add(state, n as u64);
         self.ledger.progressed();
+    }
+
+    fn tallies(&self) -> &[Tally] {
+        self.tallies.get_or_init(|| {
+            (0..self.ledger.lanes.len())
+                .map(|_| Tally::default())
+                .collect()
+        })
+    }
+
+    fn add_receipt(&self) {
+        self.receipts.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn drop_receipt(&self) {
+        self.receipts.fetch_sub(1, Ordering::AcqRel);
     }
 
     fn is_settled(&self) -> bool {
@@ -472,7 +497,7 @@ impl Commit {
             self.ledger
                 .lanes
                 .iter()
-                .zip(self.tallies.iter())
+                .zip(self.tallies().iter())
                 .map(|(lane, tally)| (lane.name.clone(), tally.counts(committed)))
                 .collect(),
         )

@@ -21,9 +21,28 @@ use crate::DeliveryCounts;
 /// assert!(outcome.is_delivered());
 /// # Ok(()) }
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Receipt {
     inner: Inner,
+}
+
+impl Clone for Receipt {
+    fn clone(&self) -> Self {
+        if let Inner::Commit(commit) = &self.inner {
+            commit.add_receipt();
+        }
+        Receipt {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl Drop for Receipt {
+    fn drop(&mut self) {
+        if let Inner::Commit(commit) = &self.inner {
+            commit.drop_receipt();
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -36,6 +55,7 @@ enum Inner {
 }
 
 impl Receipt {
+    /// The receipt of a commit just opened (it owns the commit's initial receipt count).
     pub(crate) fn new(commit: Arc<Commit>) -> Self {
         Receipt {
             inner: Inner::Commit(commit),

@@ -10,9 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::ledger::{Final, Ledger};
 use crate::options::jitter;
@@ -52,6 +50,11 @@ pub(crate) struct Consumer {
     options: AdapterOptions,
     ledger: Arc<Ledger>,
     control: Arc<Control>,
+    /// The events of a batch of several commits, being delivered (reused between rounds).
+    events: Vec<Event>,
+    /// Emptied vectors kept for the next round's batch and new events.
+    spare_batch: Vec<Segment>,
+    spare_fresh: Vec<Segment>,
 }
 
 impl Consumer {
@@ -68,6 +71,9 @@ impl Consumer {
             options,
             ledger,
             control,
+            events: Vec::new(),
+            spare_batch: Vec::new(),
+            spare_fresh: Vec::new(),
         }
     }
 
@@ -76,17 +82,15 @@ impl Consumer {
     }
 
     pub(crate) async fn run(mut self) {
-        let abort = self.control.abort.clone();
-        let mut deadline = self.control.watch();
         let drained = loop {
-            if abort.is_cancelled() {
+            if self.control.is_aborted() {
                 break false;
             }
             let Some((batch, progressed)) = self.next_batch() else {
                 return; // fenced
             };
             if !batch.is_empty() {
-                match self.deliver(batch, &abort).await {
+                match self.deliver(batch).await {
                     Flow::Continue => continue,
                     Flow::Aborted => break false,
                     Flow::Fenced => return,
@@ -101,10 +105,10 @@ impl Consumer {
             if self.lane.inbox.is_drained() && self.lane.backlog().is_empty() {
                 break true;
             }
-            idle(&self.lane, &abort, &mut deadline).await;
+            idle(&self.lane).await;
         };
         if drained {
-            self.shut_adapter_down(&abort).await;
+            self.shut_adapter_down().await;
         } else {
             self.abandon_leftovers();
         }
@@ -113,18 +117,19 @@ impl Consumer {
     /// Builds the next batch, and says whether anything was taken from the queue or the
     /// backlog for it (even if nothing of it is left to deliver); `None` once fenced.
     fn next_batch(&mut self) -> Option<(Vec<Segment>, bool)> {
-        let now = Instant::now();
         let max = self.options.max_demand;
-        let mut batch = Vec::new();
+        let mut batch = std::mem::take(&mut self.spare_batch);
         let mut late = Vec::new();
         let (taken, room) = {
             let mut backlog = self.lane.backlog();
             if backlog.is_fenced() {
                 return None;
             }
-            if self.lane.inbox.is_closed() {
+            // The clock only matters when something waits for a retry.
+            let now = (backlog.waiting() > 0).then(Instant::now);
+            if now.is_some() && self.lane.inbox.is_closed() {
                 // Shutting down: a retry due after the deadline can never be made.
-                let deadline = self.deadline_or_grace(now);
+                let deadline = self.deadline_or_grace(Instant::now());
                 late = backlog.take_due_after(deadline);
                 for segment in &late {
                     if let Some(key) = segment.key() {
@@ -132,7 +137,7 @@ impl Consumer {
                     }
                 }
             }
-            let taken = backlog.take_due(now, max, &mut batch);
+            let taken = now.map_or(0, |now| backlog.take_due(now, max, &mut batch));
             // Under the block policy, new events are taken only while every one of them could
             // still wait in the backlog: the bound holds exactly.
             let room = self.options.overflow != OverflowPolicy::Block
@@ -149,11 +154,12 @@ impl Consumer {
             drop_all(late, DropReason::Shutdown);
         }
         if taken < max && room {
-            let mut fresh = Vec::new();
+            let mut fresh = std::mem::take(&mut self.spare_fresh);
             progressed |= self.lane.inbox.take(max - taken, &mut fresh) > 0;
-            for segment in fresh {
+            for segment in fresh.drain(..) {
                 self.admit(segment, &mut batch);
             }
+            self.spare_fresh = fresh;
         }
         Some((batch, progressed))
     }
@@ -250,25 +256,29 @@ impl Consumer {
     }
 
     /// Hands `batch` to the adapter and settles each event on its own.
-    async fn deliver(&mut self, mut batch: Vec<Segment>, abort: &CancellationToken) -> Flow {
-        let events: Vec<Event> = batch
-            .iter()
-            .flat_map(|s| s.events().iter().cloned())
-            .collect();
+    async fn deliver(&mut self, mut batch: Vec<Segment>) -> Flow {
+        // One commit's events are lent as they are; several are gathered (one clone each).
+        let lent = (batch.len() == 1).then(|| batch[0].shared_events());
+        if lent.is_none() {
+            self.events
+                .extend(batch.iter().flat_map(|s| s.events().iter().cloned()));
+        }
+        let events: &[Event] = lent.as_deref().unwrap_or(&self.events);
+        let count = events.len();
         let started = Instant::now();
         for segment in &mut batch {
             segment.attempted(started);
         }
         self.lane.backlog().send(batch);
-        let call = DELIVERING.scope(
-            (),
-            panic::contain_async(self.adapter.handle_events(&events)),
-        );
+        let call = DELIVERING.scope((), panic::contain_async(self.adapter.handle_events(events)));
+        // The call first: one that is ready at once never registers for the abort.
         let result = tokio::select! {
             biased;
-            () = abort.cancelled() => None,
             result = call => Some(result),
+            () = self.control.aborted() => None,
         };
+        drop(lent);
+        self.events.clear();
         let duration = started.elapsed();
         let batch = {
             let mut backlog = self.lane.backlog();
@@ -284,24 +294,25 @@ impl Consumer {
                 Flow::Aborted
             }
             Some(result) => {
-                self.settle(batch, events.len(), result, duration);
+                self.spare_batch = self.settle(batch, count, result, duration);
                 Flow::Continue
             }
         }
     }
 
     /// Turns the adapter's answer into a final state or a retry for every event of the batch.
+    /// Returns the emptied batch vector, for reuse.
     fn settle(
         &self,
         batch: Vec<Segment>,
         count: usize,
         result: Result<Result<(), BatchError>, String>,
         duration: Duration,
-    ) {
+    ) -> Vec<Segment> {
         let adapter = self.name();
         // `failed[i]`: which failure (index into `failures`) event `i` of the batch had.
         let (failed, failures): (Vec<Option<usize>>, Vec<Failure>) = match result {
-            Ok(Ok(())) => (vec![None; count], Vec::new()),
+            Ok(Ok(())) => (Vec::new(), Vec::new()),
             Ok(Err(BatchError::Batch(failure))) => (vec![Some(0); count], vec![failure]),
             Err(panic) => (
                 vec![Some(0); count],
@@ -341,12 +352,29 @@ impl Consumer {
                 duration,
             });
         }
-        self.finish(batch, &failed, failures);
+        self.finish(batch, &failed, failures)
     }
 
     /// Settles a returned batch: `failed[i]` names the failure of event `i` of the batch
     /// (`None`: delivered). Failed events are scheduled for a retry or given up on.
-    fn finish(&self, batch: Vec<Segment>, failed: &[Option<usize>], failures: Vec<Failure>) {
+    fn finish(
+        &self,
+        mut batch: Vec<Segment>,
+        failed: &[Option<usize>],
+        failures: Vec<Failure>,
+    ) -> Vec<Segment> {
+        if failures.is_empty() {
+            if self.options.key_fn().is_some() {
+                let mut backlog = self.lane.backlog();
+                for key in batch.iter().filter_map(Segment::key) {
+                    backlog.release(key);
+                }
+            }
+            for segment in batch.drain(..) {
+                segment.settle(Final::Delivered);
+            }
+            return batch;
+        }
         let now = Instant::now();
         // One jitter draw per call: events that failed together are retried together.
         let draw = jitter();
@@ -356,7 +384,7 @@ impl Consumer {
         let mut index = 0;
         {
             let mut backlog = self.lane.backlog();
-            for segment in batch {
+            for segment in batch.drain(..) {
                 let runs = segment.split_by(|_| {
                     index += 1;
                     failed[index - 1]
@@ -403,6 +431,7 @@ impl Consumer {
         if !overflow.is_empty() {
             drop_all(overflow, DropReason::BacklogFull);
         }
+        batch
     }
 
     /// Puts `segment` in the backlog for a retry at `at`, applying the overflow policy when
@@ -461,13 +490,13 @@ impl Consumer {
     }
 
     /// After a clean drain: the adapter's own `shutdown`, bounded by the deadline.
-    async fn shut_adapter_down(&mut self, abort: &CancellationToken) {
+    async fn shut_adapter_down(&mut self) {
         let deadline = self.deadline_or_grace(Instant::now());
         let late = "shutdown deadline passed during adapter shutdown";
         let shutdown = panic::contain_async(self.adapter.shutdown(deadline));
         let error = tokio::select! {
             biased;
-            () = abort.cancelled() => Some(late.to_owned()),
+            () = self.control.aborted() => Some(late.to_owned()),
             result = tokio::time::timeout_at(deadline, shutdown) => match result {
                 Ok(Ok(Ok(()))) => None,
                 Ok(Ok(Err(err))) => Some(err.to_string()),
@@ -499,23 +528,12 @@ impl Consumer {
     }
 }
 
-/// Waits for a commit, the next retry, a deadline change, or the abort.
-async fn idle(
-    lane: &Lane,
-    abort: &CancellationToken,
-    deadline: &mut watch::Receiver<Option<Instant>>,
-) {
+/// Waits for a commit, the next retry, or a signal from shutdown (which wakes the inbox too).
+async fn idle(lane: &Lane) {
     let next_due = lane.backlog().next_due();
-    let deadline_changed = async {
-        if deadline.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
     tokio::select! {
         biased;
-        () = abort.cancelled() => {}
         () = lane.inbox.woken() => {}
-        () = deadline_changed => {}
         () = sleep_until_opt(next_due) => {}
     }
 }

@@ -10,7 +10,7 @@ pub(crate) mod segment;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::{SemaphorePermit, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -66,36 +66,55 @@ pub(crate) trait Source: Sync {
 }
 
 /// Signals from shutdown to the consumers: the deadline (only ever brought forward) and the
-/// abort once it has passed.
+/// abort once it has passed. Each signal also wakes every consumer (through its inbox), so an
+/// idle consumer waits on nothing but its inbox and its next retry.
 #[derive(Debug)]
 pub(crate) struct Control {
     deadline: watch::Sender<Option<Instant>>,
     abort: CancellationToken,
-}
-
-impl Default for Control {
-    fn default() -> Self {
-        Control {
-            deadline: watch::Sender::new(None),
-            abort: CancellationToken::new(),
-        }
-    }
+    lanes: Vec<Arc<Lane>>,
 }
 
 impl Control {
+    pub(crate) fn new(lanes: Vec<Arc<Lane>>) -> Self {
+        Control {
+            deadline: watch::Sender::new(None),
+            abort: CancellationToken::new(),
+            lanes,
+        }
+    }
+
+    fn wake_consumers(&self) {
+        for lane in &self.lanes {
+            lane.inbox.wake();
+        }
+    }
+
+    pub(crate) fn is_aborted(&self) -> bool {
+        self.abort.is_cancelled()
+    }
+
+    /// Completes once the deadline has passed and consumers must stop.
+    pub(crate) async fn aborted(&self) {
+        self.abort.cancelled().await;
+    }
+
     pub(crate) fn deadline(&self) -> Option<Instant> {
         *self.deadline.borrow()
     }
 
     /// Sets the deadline, or brings it forward; never pushes it back.
     pub(crate) fn shorten(&self, deadline: Instant) {
-        self.deadline.send_if_modified(|current| match current {
+        let changed = self.deadline.send_if_modified(|current| match current {
             Some(existing) if *existing <= deadline => false,
             _ => {
                 *current = Some(deadline);
                 true
             }
         });
+        if changed {
+            self.wake_consumers();
+        }
     }
 
     pub(crate) fn watch(&self) -> watch::Receiver<Option<Instant>> {
@@ -105,6 +124,7 @@ impl Control {
     /// The deadline has passed: consumers drop what they hold and stop.
     pub(crate) fn abort(&self) {
         self.abort.cancel();
+        self.wake_consumers();
     }
 }
 
@@ -152,7 +172,12 @@ impl Pipeline {
     /// from `source` or recorded; dropping the future there commits nothing.
     pub(crate) async fn commit(&self, source: &impl Source) -> Result<Receipt, Error> {
         loop {
-            let pending = source.pending()?;
+            // Without block-policy queues nothing is waited for: take whatever is there.
+            let pending = if self.blocking.is_empty() {
+                usize::MAX
+            } else {
+                source.pending()?
+            };
             let reserved = self.reserve(pending).await?;
             let mut overflow = Vec::new();
             let receipt = {
@@ -172,51 +197,53 @@ impl Pipeline {
 
     /// Waits for room for `n` events in every block-policy queue, in lane order (so that two
     /// committers never wait on each other); a commit larger than a queue waits for all of it.
-    /// Inside an adapter's `handle_events` it never waits.
-    async fn reserve(&self, n: usize) -> Result<Vec<(usize, SemaphorePermit<'_>)>, Error> {
-        let mut reserved = Vec::new();
-        if n == 0 || self.blocking.is_empty() {
-            return Ok(reserved);
+    /// Inside an adapter's `handle_events` it never waits. The places are held by the returned
+    /// [`Reservation`] (given back if it is dropped before the commit is recorded).
+    async fn reserve(&self, n: usize) -> Result<Reservation<'_>, Error> {
+        let mut reservation = Reservation {
+            pipeline: self,
+            events: n,
+            lanes: 0,
+        };
+        if n == 0 {
+            return Ok(reservation);
         }
         let inside_adapter = consumer::delivering();
         for &index in self.blocking.iter() {
             let inbox = &self.lanes[index].inbox;
-            let permit = if inside_adapter {
-                match inbox.try_reserve(n) {
-                    Some(permit) => permit,
-                    None if inbox.is_closed() => return Err(Error::ShutDown),
-                    None => {
-                        return Err(Error::QueueFull {
-                            adapter: self.ledger.lane_name(index).to_string(),
-                        });
-                    }
+            let permit = match inbox.try_reserve(n) {
+                Some(permit) => permit,
+                None if inbox.is_closed() => return Err(Error::ShutDown),
+                None if inside_adapter => {
+                    return Err(Error::QueueFull {
+                        adapter: self.ledger.lane_name(index).to_string(),
+                    });
                 }
-            } else {
-                inbox.reserve(n).await.map_err(|_| Error::ShutDown)?
+                None => inbox.reserve(n).await.map_err(|_| Error::ShutDown)?,
             };
-            reserved.push((index, permit));
+            permit.forget();
+            reservation.lanes += 1;
         }
-        Ok(reserved)
+        Ok(reservation)
     }
 
     /// Under the fan-out lock: records the commit and queues it on every lane. Never waits.
     fn record(
         &self,
         events: Vec<Event>,
-        reserved: Vec<(usize, SemaphorePermit<'_>)>,
+        mut reservation: Reservation<'_>,
         overflow: &mut Vec<(Segment, DropReason)>,
     ) -> Receipt {
         if self.lanes.is_empty() {
             return Receipt::without_adapters(events.len());
         }
         let commit = self.ledger.open_commit(events);
-        let mut reserved = reserved.into_iter().peekable();
+        let reserved = std::mem::take(&mut reservation.lanes) > 0;
         for lane in self.lanes.iter() {
-            let permit = reserved
-                .next_if(|(index, _)| *index == lane.index)
-                .map(|(_, permit)| permit);
+            let places = reserved && lane.inbox.policy() == OverflowPolicy::Block;
+            let reserved = places.then_some(reservation.events);
             lane.inbox
-                .push(Segment::new(commit.clone(), lane.index), permit, overflow);
+                .push(Segment::new(commit.clone(), lane.index), reserved, overflow);
         }
         Receipt::new(commit)
     }
@@ -228,6 +255,22 @@ impl Pipeline {
         *closed = true;
         for lane in self.lanes.iter() {
             lane.inbox.close();
+        }
+    }
+}
+
+/// Places waited for in the block-policy queues (the first `lanes` of them) for a commit of
+/// `events`; given back if the commit is not recorded (cancelled, or more events arrived).
+struct Reservation<'a> {
+    pipeline: &'a Pipeline,
+    events: usize,
+    lanes: usize,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        for &index in &self.pipeline.blocking[..self.lanes] {
+            self.pipeline.lanes[index].inbox.unreserve(self.events);
         }
     }
 }

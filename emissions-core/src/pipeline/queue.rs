@@ -59,6 +59,11 @@ impl Inbox {
         self.policy
     }
 
+    /// Gives back the places of a reservation for `n` events that was not used.
+    pub(crate) fn unreserve(&self, n: usize) {
+        self.room.add_permits(self.places(n) as usize);
+    }
+
     /// Waits for room for `n` events — for the whole queue when `n` exceeds it — (block
     /// policy). Cancel-safe: dropping the future or the permit gives the places back. Fails
     /// once the inbox is closed.
@@ -82,29 +87,35 @@ impl Inbox {
     pub(crate) fn push(
         &self,
         mut segment: Segment,
-        reserved: Option<SemaphorePermit<'_>>,
+        reserved: Option<usize>,
         overflow: &mut Vec<(Segment, DropReason)>,
     ) {
         let n = segment.len();
-        if n == 0 {
-            return;
-        }
         let mut state = self.state();
         if state.closed {
-            overflow.push((segment, DropReason::Shutdown));
+            if let Some(events) = reserved {
+                self.unreserve(events);
+            }
+            if n > 0 {
+                overflow.push((segment, DropReason::Shutdown));
+            }
             return;
         }
         match (reserved, self.policy) {
-            (Some(permit), _) => {
-                // The reservation was for `n`, or for the whole queue when `n` exceeds it.
-                let reserved = permit.num_permits();
-                permit.forget();
+            (Some(events), _) => {
+                // The reservation was for `events` (or the whole queue when that exceeds it);
+                // more may have been waited for than were taken.
+                let reserved = self.places(events) as usize;
                 if reserved > n {
                     self.room.add_permits(reserved - n);
                 } else {
                     state.overdraft += n - reserved;
                 }
+                if n == 0 {
+                    return;
+                }
             }
+            (None, _) if n == 0 => return,
             (None, OverflowPolicy::DropOldest) => {
                 if n > self.capacity {
                     // The commit's own oldest events make way for its newer ones.
@@ -224,6 +235,11 @@ impl Inbox {
         state.len = 0;
         state.overdraft = 0;
         state.segments.drain(..).collect()
+    }
+
+    /// Makes the consumer look again (a stored permit if it is busy).
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
     }
 
     /// Completes when a commit arrived (or the inbox closed) since the consumer last looked.

@@ -78,6 +78,16 @@ impl Segment {
         &self.commit.events()[self.start..self.end]
     }
 
+    /// The segment's events, kept alive on their own (for lending them to an adapter call
+    /// without cloning each event).
+    pub(crate) fn shared_events(&self) -> SharedEvents {
+        SharedEvents {
+            commit: self.commit.clone(),
+            start: self.start,
+            end: self.end,
+        }
+    }
+
     /// Splits off the first `n` events (`n < len`) as a segment of their own.
     pub(crate) fn split_front(&mut self, n: usize) -> Segment {
         debug_assert!(n <= self.len());
@@ -135,6 +145,21 @@ impl Drop for Segment {
             self.start = self.end;
             self.commit.settle(self.lane, Final::Dropped, n);
         }
+    }
+}
+
+/// A segment's events, borrowed from their commit.
+pub(crate) struct SharedEvents {
+    commit: Arc<Commit>,
+    start: usize,
+    end: usize,
+}
+
+impl std::ops::Deref for SharedEvents {
+    type Target = [Event];
+
+    fn deref(&self) -> &[Event] {
+        &self.commit.events()[self.start..self.end]
     }
 }
 
