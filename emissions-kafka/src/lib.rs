@@ -19,6 +19,13 @@
 //! once and goes to the dead-letter hook with the reason. A fatal producer error recreates the
 //! producer and is logged.
 //!
+//! # Order
+//!
+//! Per partition, in commit order: librdkafka keeps the order itself (idempotent producer), so
+//! the endpoint registers with core retries off ([`RetryPolicy::none`](emissions_core::RetryPolicy::none))
+//! and needs no ordering key in the core — a core retry would only reorder and duplicate what
+//! librdkafka already retried.
+//!
 //! # Shutdown
 //!
 //! After the core drains the queue, the producer is flushed within the shutdown deadline; a
