@@ -251,9 +251,7 @@ impl EmissionsBuilder {
         let lanes: Vec<Arc<Lane>> = registrations
             .iter()
             .enumerate()
-            .map(|(index, (_, _, options))| {
-                Arc::new(Lane::new(index, options.capacity, options.overflow))
-            })
+            .map(|(index, (_, _, options))| Arc::new(Lane::new(index, options)))
             .collect();
         let control = Arc::new(Control::new(lanes.clone()));
         let mut consumers = JoinSet::new();

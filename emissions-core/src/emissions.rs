@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::durable::{Attempt, AttemptSink, DurableLane};
 use crate::pipeline::Source;
 use crate::shutdown::Engine;
 use crate::telemetry::{ObserverId, TelemetryEvent};
@@ -244,6 +245,59 @@ impl Emissions {
     /// ```
     pub async fn shutdown(&self, timeout: Duration) -> DeliveryReport {
         self.inner.engine.shutdown(timeout).await
+    }
+
+    /// Where a durable store (the `emissions-outbox` crate) hands adapter `adapter` its
+    /// attempts; `None` if no adapter has that name. See [`durable`](crate::durable).
+    ///
+    /// ```
+    /// # use emissions_core::Emissions;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), emissions_core::Error> {
+    /// let emissions = Emissions::builder().adapter("test", emissions_testing::TestAdapter::new()).start().await?;
+    /// assert_eq!(emissions.durable_lane("test").unwrap().adapter(), "test");
+    /// assert!(emissions.durable_lane("kafka").is_none());
+    /// # Ok(()) }
+    /// ```
+    pub fn durable_lane(&self, adapter: &str) -> Option<DurableLane> {
+        let pipeline = self.inner.engine.pipeline();
+        let ledger = pipeline.ledger();
+        let index = ledger.lane_names().position(|name| name == adapter)?;
+        Some(DurableLane::new(
+            self.downgrade(),
+            index,
+            ledger.lane_name(index).clone(),
+            pipeline.lanes()[index].retry_policy().clone(),
+        ))
+    }
+
+    /// The registered adapters' names, in registration order (the handler dispatcher, when
+    /// there are handlers, is `handlers`).
+    ///
+    /// ```
+    /// # use emissions_core::Emissions;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), emissions_core::Error> {
+    /// let emissions = Emissions::builder().adapter("test", emissions_testing::TestAdapter::new()).start().await?;
+    /// assert_eq!(emissions.adapter_names(), ["test"]);
+    /// # Ok(()) }
+    /// ```
+    pub fn adapter_names(&self) -> Vec<String> {
+        let ledger = self.inner.engine.pipeline().ledger();
+        ledger.lane_names().map(str::to_owned).collect()
+    }
+
+    pub(crate) async fn submit_durable(
+        &self,
+        lane: usize,
+        attempts: Vec<Attempt>,
+        sink: Arc<dyn AttemptSink>,
+    ) -> Result<(), Error> {
+        self.inner
+            .engine
+            .pipeline()
+            .submit_durable(lane, attempts, sink)
+            .await
     }
 
     pub(crate) fn from_engine(engine: Arc<Engine>) -> Self {

@@ -133,6 +133,7 @@ mod adapter;
 pub mod ambient;
 pub mod buffer;
 mod builder;
+pub mod durable;
 mod emissions;
 mod error;
 mod event;

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::Notify;
 
+use crate::durable::{Attempt, AttemptOutcome, AttemptSink};
 use crate::options::{DeadLetter, DeadLetterCause, DeadLetterHook};
 use crate::panic;
 use crate::telemetry::{DropReason, Telemetry, TelemetryEvent};
@@ -35,11 +36,13 @@ pub(crate) enum Final {
     Filtered,
     Failed,
     Dropped,
+    /// A durable attempt that failed retryably: handed back to the store for a later attempt.
+    Deferred,
 }
 
 /// Settled counts, indexed by [`Final`].
 #[derive(Debug, Default)]
-struct Tally([AtomicU64; 4]);
+struct Tally([AtomicU64; 5]);
 
 impl Tally {
     fn add(&self, state: Final, n: u64) {
@@ -57,6 +60,7 @@ impl Tally {
             filtered: self.get(Final::Filtered),
             failed: self.get(Final::Failed),
             dropped: self.get(Final::Dropped),
+            deferred: self.get(Final::Deferred),
         }
     }
 }
@@ -181,6 +185,36 @@ impl Ledger {
         self.lanes.iter().map(|l| &*l.name)
     }
 
+    /// Records durable attempts of `attempts` (from a store) for one adapter: counted there as
+    /// committed, settled through `sink` (no receipt).
+    pub(crate) fn open_durable(
+        self: &Arc<Self>,
+        lane: usize,
+        attempts: Vec<Attempt>,
+        sink: Arc<dyn AttemptSink>,
+    ) -> Arc<Commit> {
+        let n = attempts.len();
+        self.lanes[lane]
+            .committed
+            .fetch_add(n as u64, Ordering::AcqRel);
+        let mut events = Vec::with_capacity(n);
+        let mut tokens = Vec::with_capacity(n);
+        for attempt in attempts {
+            events.push(attempt.event);
+            tokens.push((attempt.id, attempt.attempts));
+        }
+        Arc::new(Commit {
+            receipts: AtomicUsize::new(0),
+            remaining: AtomicUsize::new(0),
+            tallies: OnceLock::new(),
+            ledger: self.clone(),
+            events,
+            awaited: AtomicBool::new(false),
+            done: Notify::new(),
+            durable: Some(Durable { tokens, sink }),
+        })
+    }
+
     /// Records a commit of `events` for every adapter at once. Cannot fail and does not wait,
     /// so a commit is recorded whole or (if the caller never gets here) not at all.
     pub(crate) fn open_commit(self: &Arc<Self>, events: Vec<Event>) -> Arc<Commit> {
@@ -196,6 +230,7 @@ impl Ledger {
             events,
             awaited: AtomicBool::new(false),
             done: Notify::new(),
+            durable: None,
         })
     }
 
@@ -428,6 +463,23 @@ pub(crate) struct Commit {
     /// Whether a receipt waits (settling skips the wake-up otherwise).
     awaited: AtomicBool,
     done: Notify,
+    /// Set for attempts handed over by a durable store.
+    durable: Option<Durable>,
+}
+
+/// What a durable store needs back: per event, its id in the store and the attempts it had
+/// before this one, and where to report each event's outcome.
+struct Durable {
+    tokens: Vec<(u64, u32)>,
+    sink: Arc<dyn AttemptSink>,
+}
+
+impl std::fmt::Debug for Durable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Durable")
+            .field("events", &self.tokens.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Commit {
@@ -437,6 +489,32 @@ impl Commit {
 
     pub(crate) fn ledger(&self) -> &Arc<Ledger> {
         &self.ledger
+    }
+
+    pub(crate) fn is_durable(&self) -> bool {
+        self.durable.is_some()
+    }
+
+    /// Reports the outcome of events `range` of a durable commit to its store, after
+    /// `attempted` attempts in this round (0 or 1), and counts them as `state` at `lane`.
+    pub(crate) fn settle_durable(
+        &self,
+        lane: usize,
+        range: std::ops::Range<usize>,
+        attempted: u32,
+        state: Final,
+        outcome: &AttemptOutcome,
+    ) {
+        let Some(durable) = &self.durable else {
+            return self.settle(lane, state, range.len());
+        };
+        for &(id, before) in &durable.tokens[range.clone()] {
+            let attempts = before.saturating_add(attempted);
+            if let Err(panic) = panic::contain(|| durable.sink.outcome(id, attempts, outcome)) {
+                tracing::error!(target: "emissions", panic, "durable store's outcome callback panicked");
+            }
+        }
+        self.settle(lane, state, range.len());
     }
 
     /// Records `n` of this commit's events as having reached `state` at `lane`.

@@ -7,7 +7,8 @@
 /// Every committed event ends, for each adapter, in exactly one of delivered, filtered (the
 /// adapter was not interested), failed (given up on and dead-lettered) or dropped (queue
 /// overflow, or shutdown). Once everything has settled,
-/// `committed == delivered + filtered + failed + dropped`.
+/// `committed == delivered + filtered + failed + dropped` (+ `deferred`, for attempts handed
+/// over by a durable store, where every attempt counts as committed).
 ///
 /// ```
 /// use emissions_core::DeliveryCounts;
@@ -28,16 +29,19 @@ pub struct DeliveryCounts {
     pub failed: u64,
     /// Events dropped by overflow or shutdown (dead-lettered with their reason).
     pub dropped: u64,
+    /// Durable attempts that failed retryably and went back to the durable store (the
+    /// `emissions-outbox` crate) for a later attempt; always 0 for in-memory delivery.
+    pub deferred: u64,
 }
 
 impl DeliveryCounts {
-    /// Events that reached a final state.
+    /// Events that reached a final state (for durable attempts, including `deferred`).
     ///
     /// ```
     /// assert_eq!(emissions_core::DeliveryCounts::default().settled(), 0);
     /// ```
     pub fn settled(&self) -> u64 {
-        self.delivered + self.filtered + self.failed + self.dropped
+        self.delivered + self.filtered + self.failed + self.dropped + self.deferred
     }
 
     /// Whether every committed event reached a final state.

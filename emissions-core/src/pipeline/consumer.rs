@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::durable::AttemptOutcome;
 use crate::ledger::{Final, Ledger};
 use crate::options::jitter;
 use crate::panic;
@@ -198,7 +199,8 @@ impl Consumer {
     }
 
     fn admit_wanted(&self, run: Segment, batch: &mut Vec<Segment>) {
-        if self.options.key_fn().is_some() {
+        // A durable store keeps per-key order itself (one attempt of a key at a time).
+        if self.options.key_fn().is_some() && !run.is_durable() {
             self.admit_keyed(run, batch);
         } else {
             batch.push(run);
@@ -381,6 +383,7 @@ impl Consumer {
         let mut delivered = Vec::new();
         let mut given_up: Vec<Vec<Segment>> = failures.iter().map(|_| Vec::new()).collect();
         let mut overflow = Vec::new();
+        let mut durable = Vec::new();
         let mut index = 0;
         {
             let mut backlog = self.lane.backlog();
@@ -398,6 +401,23 @@ impl Consumer {
                         continue;
                     };
                     let failure = &failures[group];
+                    if run.is_durable() {
+                        // One attempt only: the store retries (rows with a due time).
+                        let (state, outcome) = if failure.is_retryable() {
+                            let outcome = AttemptOutcome::Retry {
+                                error: failure.to_string(),
+                                retry_after: failure.retry_after_hint(),
+                            };
+                            (Final::Deferred, outcome)
+                        } else {
+                            let outcome = AttemptOutcome::Failed {
+                                error: failure.to_string(),
+                            };
+                            (Final::Failed, outcome)
+                        };
+                        durable.push((run, state, outcome));
+                        continue;
+                    }
                     let retry_at = if failure.is_retryable() {
                         run.attempts().next(
                             &self.options.retry,
@@ -422,6 +442,9 @@ impl Consumer {
         }
         for segment in delivered {
             segment.settle(Final::Delivered);
+        }
+        for (segment, state, outcome) in durable {
+            segment.settle_as(state, &outcome);
         }
         for (segments, failure) in given_up.into_iter().zip(failures) {
             if !segments.is_empty() {

@@ -14,9 +14,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::durable::{Attempt, AttemptSink};
 use crate::ledger::Ledger;
 use crate::telemetry::DropReason;
-use crate::{Error, Event, OverflowPolicy, Receipt};
+use crate::{AdapterOptions, Error, Event, OverflowPolicy, Receipt, RetryPolicy};
 use queue::Inbox;
 use retry::Backlog;
 use segment::{Segment, drop_all};
@@ -27,15 +28,22 @@ pub(crate) struct Lane {
     index: usize,
     inbox: Inbox,
     backlog: Mutex<Backlog>,
+    /// The adapter's retry policy (a durable store schedules its retries by it).
+    retry: RetryPolicy,
 }
 
 impl Lane {
-    pub(crate) fn new(index: usize, capacity: usize, policy: OverflowPolicy) -> Self {
+    pub(crate) fn new(index: usize, options: &AdapterOptions) -> Self {
         Lane {
             index,
-            inbox: Inbox::new(capacity, policy),
+            inbox: Inbox::new(options.capacity, options.overflow),
             backlog: Mutex::new(Backlog::default()),
+            retry: options.retry.clone(),
         }
+    }
+
+    pub(crate) fn retry_policy(&self) -> &RetryPolicy {
+        &self.retry
     }
 
     pub(crate) fn index(&self) -> usize {
@@ -246,6 +254,32 @@ impl Pipeline {
                 .push(Segment::new(commit.clone(), lane.index), reserved, overflow);
         }
         Receipt::new(commit)
+    }
+
+    /// Hands durable attempts to one lane, waiting for room (whatever its overflow policy:
+    /// the store still holds them, so nothing is ever dropped on arrival). Cancel-safe: the
+    /// wait comes before anything is recorded.
+    pub(crate) async fn submit_durable(
+        &self,
+        lane: usize,
+        attempts: Vec<Attempt>,
+        sink: Arc<dyn AttemptSink>,
+    ) -> Result<(), Error> {
+        let n = attempts.len();
+        if n == 0 {
+            return Ok(());
+        }
+        let inbox = &self.lanes[lane].inbox;
+        let permit = match inbox.try_reserve(n) {
+            Some(permit) => permit,
+            None => inbox.reserve(n).await.map_err(|_| Error::ShutDown)?,
+        };
+        permit.forget();
+        let commit = self.ledger.open_durable(lane, attempts, sink);
+        let mut overflow = Vec::new();
+        inbox.push(Segment::new(commit, lane), Some(n), &mut overflow);
+        drop_overflow(overflow);
+        Ok(())
     }
 
     /// Stops accepting commits: waiting committers fail with [`Error::ShutDown`] (their

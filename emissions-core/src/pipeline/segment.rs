@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
+use crate::durable::AttemptOutcome;
 use crate::ledger::{Commit, Destination, Final};
 use crate::options::DeadLetterCause;
 use crate::pipeline::retry::Attempts;
@@ -122,17 +123,51 @@ impl Segment {
         runs
     }
 
-    /// Records every event of the segment as having reached `state`.
-    pub(crate) fn settle(mut self, state: Final) {
-        let n = self.len();
+    /// Whether these are attempts handed over by a durable store (one attempt each: no retry,
+    /// key or dead letter here; outcomes go back to the store).
+    pub(crate) fn is_durable(&self) -> bool {
+        self.commit.is_durable()
+    }
+
+    /// Records every event of the segment as having reached `state`. (For a durable segment,
+    /// `state` must be one that needs no detail: delivered, filtered or dropped.)
+    pub(crate) fn settle(self, state: Final) {
+        let outcome = match state {
+            Final::Delivered => AttemptOutcome::Delivered,
+            Final::Filtered => AttemptOutcome::Filtered,
+            _ => AttemptOutcome::Dropped {
+                reason: DropReason::Shutdown,
+            },
+        };
+        self.settle_as(state, &outcome);
+    }
+
+    /// Records every event as having reached `state`; a durable store is told `outcome`.
+    pub(crate) fn settle_as(mut self, state: Final, outcome: &AttemptOutcome) {
+        let range = self.start..self.end;
         self.start = self.end;
-        self.commit.settle(self.lane, state, n);
+        self.commit
+            .settle_durable(self.lane, range, self.attempts.made(), state, outcome);
     }
 }
 
 impl Drop for Segment {
     fn drop(&mut self) {
-        if self.len() > 0 {
+        if self.len() > 0 && self.is_durable() {
+            // The store still has these: it hears they were dropped, nothing is lost.
+            let range = self.start..self.end;
+            self.start = self.end;
+            let outcome = AttemptOutcome::Dropped {
+                reason: DropReason::Shutdown,
+            };
+            self.commit.settle_durable(
+                self.lane,
+                range,
+                self.attempts.made(),
+                Final::Dropped,
+                &outcome,
+            );
+        } else if self.len() > 0 {
             // Abandoned: an aborted consumer, a queue freed at exit, an unwinding panic.
             let ledger = self.commit.ledger().clone();
             ledger.report_dropped(
@@ -166,6 +201,12 @@ impl std::ops::Deref for SharedEvents {
 /// Drops `segments` for `reason`: reported, dead-lettered (one dead letter per adapter and
 /// number of attempts), then counted as dropped.
 pub(crate) fn drop_all(segments: Vec<Segment>, reason: DropReason) {
+    let (durable, segments): (Vec<Segment>, Vec<Segment>) =
+        segments.into_iter().partition(Segment::is_durable);
+    for segment in durable {
+        // Not lost: the store still has them.
+        segment.settle_as(Final::Dropped, &AttemptOutcome::Dropped { reason });
+    }
     for ((lane, attempts), group) in group_by_lane_and_attempts(segments) {
         let ledger = group[0].commit.ledger().clone();
         let events: Vec<Event> = group.iter().flat_map(|s| s.events().to_vec()).collect();
@@ -179,6 +220,20 @@ pub(crate) fn drop_all(segments: Vec<Segment>, reason: DropReason) {
 /// Gives up on `segments` after `failure`: dead-lettered (one dead letter per adapter and
 /// number of attempts), then counted as failed.
 pub(crate) fn fail_all(segments: Vec<Segment>, failure: Failure) {
+    let (durable, segments): (Vec<Segment>, Vec<Segment>) =
+        segments.into_iter().partition(Segment::is_durable);
+    if !durable.is_empty() {
+        // The store decides what giving up means; no dead letter from here.
+        let outcome = AttemptOutcome::Failed {
+            error: failure.to_string(),
+        };
+        for segment in durable {
+            segment.settle_as(Final::Failed, &outcome);
+        }
+    }
+    if segments.is_empty() {
+        return;
+    }
     let mut failure = Some(failure);
     let groups = group_by_lane_and_attempts(segments);
     let last = groups.len().saturating_sub(1);
