@@ -276,6 +276,49 @@ impl Buffer {
         Ok(receipt)
     }
 
+    /// Takes the buffered events for a commit made elsewhere — a durable store writing them in
+    /// the caller's database transaction (the `emissions-outbox` crate). While the returned
+    /// [`PendingCommit`] lives the buffer is [`Committing`](BufferState::Committing) and
+    /// refuses new events; [`PendingCommit::confirm`] marks it committed, and dropping the
+    /// guard unconfirmed (the write failed, or the future was cancelled) puts the events back
+    /// and reopens the buffer, so nothing is lost.
+    ///
+    /// ```
+    /// # use emissions_core::{BufferState, Emissions};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), emissions_core::Error> {
+    /// # let emissions = Emissions::builder().start().await?;
+    /// let buffer = emissions.start();
+    /// buffer.emit("order_created", &1)?;
+    /// let pending = buffer.begin_commit()?;
+    /// assert_eq!(pending.events().len(), 1);
+    /// drop(pending); // the write failed: the events are back
+    /// assert_eq!((buffer.state(), buffer.events().len()), (BufferState::Open, 1));
+    /// let pending = buffer.begin_commit()?;
+    /// // … the store wrote `pending.events()` …
+    /// assert_eq!(pending.confirm(), 1);
+    /// assert_eq!(buffer.state(), BufferState::Committed);
+    /// # Ok(()) }
+    /// ```
+    pub fn begin_commit(&self) -> Result<PendingCommit, Error> {
+        self.refuse_in_run()?;
+        let events = {
+            let mut inner = self.lock();
+            if inner.status != BufferState::Open {
+                return Err(Error::BufferClosed {
+                    state: inner.status,
+                });
+            }
+            inner.status = BufferState::Committing;
+            std::mem::take(&mut inner.events)
+        };
+        Ok(PendingCommit {
+            buffer: self.clone(),
+            events,
+            confirmed: false,
+        })
+    }
+
     /// Discards the buffered events and closes the buffer; returns how many were discarded.
     ///
     /// ```
@@ -345,8 +388,70 @@ impl Buffer {
         ambient::scope_buffer(self.clone(), future).await
     }
 
-    pub(crate) fn emissions(&self) -> &Emissions {
+    /// The instance this buffer commits to.
+    ///
+    /// ```
+    /// # use emissions_core::Emissions;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), emissions_core::Error> {
+    /// let emissions = Emissions::builder().start().await?;
+    /// let buffer = emissions.start();
+    /// assert!(!buffer.emissions().is_shut_down());
+    /// # Ok(()) }
+    /// ```
+    pub fn emissions(&self) -> &Emissions {
         &self.shared.emissions
+    }
+}
+
+/// A buffer's events, taken for a commit made elsewhere; see [`Buffer::begin_commit`].
+pub struct PendingCommit {
+    buffer: Buffer,
+    events: Vec<Event>,
+    confirmed: bool,
+}
+
+impl fmt::Debug for PendingCommit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PendingCommit")
+            .field("events", &self.events.len())
+            .finish()
+    }
+}
+
+impl PendingCommit {
+    /// The events being committed, in emit order.
+    ///
+    /// See [`Buffer::begin_commit`].
+    pub fn events(&self) -> &[Event] {
+        &self.events
+    }
+
+    /// The commit happened: the buffer is committed (reports `emissions.buffer.committed`).
+    /// Returns how many events it held.
+    ///
+    /// See [`Buffer::begin_commit`].
+    pub fn confirm(mut self) -> usize {
+        self.confirmed = true;
+        let count = self.events.len();
+        self.buffer.lock().status = BufferState::Committed;
+        self.buffer
+            .shared
+            .emissions
+            .telemetry(&TelemetryEvent::BufferCommitted { event_count: count });
+        count
+    }
+}
+
+impl Drop for PendingCommit {
+    fn drop(&mut self) {
+        if !self.confirmed {
+            let mut inner = self.buffer.lock();
+            inner.status = BufferState::Open;
+            let mut events = std::mem::take(&mut self.events);
+            events.append(&mut inner.events);
+            inner.events = events;
+        }
     }
 }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use tokio::task::JoinSet;
 
+use crate::extension::Attached;
 use crate::handler::{DISPATCHER, Dispatcher, Handlers};
 use crate::ledger::{HandlerBook, LaneBook, Ledger};
 use crate::pipeline::consumer::Consumer;
@@ -52,6 +53,7 @@ struct Registration {
 /// # Ok(()) }
 /// ```
 pub struct EmissionsBuilder {
+    extensions: Vec<Attached>,
     adapters: Vec<Registration>,
     defaults: AdapterOptions,
     handlers: Vec<(String, Box<dyn Handler>, HandlerOptions)>,
@@ -62,6 +64,7 @@ pub struct EmissionsBuilder {
 impl Default for EmissionsBuilder {
     fn default() -> Self {
         EmissionsBuilder {
+            extensions: Vec::new(),
             adapters: Vec::new(),
             defaults: AdapterOptions::default(),
             handlers: Vec::new(),
@@ -121,6 +124,15 @@ impl EmissionsBuilder {
     /// See [`EmissionsBuilder`].
     pub fn default_options(mut self, options: AdapterOptions) -> Self {
         self.defaults = options;
+        self
+    }
+
+    /// Attaches an [`Extension`](crate::Extension) for the instance's whole life (one per
+    /// type: [`Emissions::extension`] finds it again).
+    ///
+    /// See [`Extension`](crate::Extension).
+    pub fn extension(mut self, extension: impl crate::Extension) -> Self {
+        self.extensions.push(Attached::new(extension));
         self
     }
 
@@ -280,10 +292,17 @@ impl EmissionsBuilder {
             control,
             consumers,
             consumer_lanes,
+            self.extensions,
         ));
         let emissions = Emissions::from_engine(engine);
         if let Some(handlers) = &handlers {
             handlers.bind(emissions.downgrade());
+        }
+        for attached in emissions.extensions() {
+            let extension = &attached.extension;
+            if let Err(panic) = panic::contain(|| extension.started(&emissions)) {
+                tracing::error!(target: "emissions", panic, "an extension panicked when the instance started");
+            }
         }
         Ok(emissions)
     }

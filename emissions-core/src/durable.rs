@@ -54,6 +54,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::emissions::WeakEmissions;
+use crate::options::KeyFn;
 use crate::telemetry::DropReason;
 use crate::{Error, Event, RetryPolicy};
 
@@ -148,6 +149,7 @@ pub struct DurableLane {
     lane: usize,
     name: Arc<str>,
     retry: RetryPolicy,
+    key: Option<KeyFn>,
 }
 
 impl fmt::Debug for DurableLane {
@@ -164,12 +166,14 @@ impl DurableLane {
         lane: usize,
         name: Arc<str>,
         retry: RetryPolicy,
+        key: Option<KeyFn>,
     ) -> Self {
         DurableLane {
             emissions,
             lane,
             name,
             retry,
+            key,
         }
     }
 
@@ -186,6 +190,18 @@ impl DurableLane {
     /// See the [module docs](crate::durable).
     pub fn retry_policy(&self) -> &RetryPolicy {
         &self.retry
+    }
+
+    /// The event's ordering key at this adapter ([`AdapterOptions::ordered_by`](crate::AdapterOptions::ordered_by)),
+    /// for the store to keep each key's deliveries in order: `Ok(None)` when the adapter is
+    /// unordered or the event has no key, `Err(message)` when the key function panicked.
+    ///
+    /// See the [module docs](crate::durable).
+    pub fn ordering_key(&self, event: &Event) -> Result<Option<String>, String> {
+        match &self.key {
+            Some(key) => key.key(event),
+            None => Ok(None),
+        }
     }
 
     /// Hands `attempts` to the adapter's queue, waiting for room (never dropping: the store

@@ -268,7 +268,21 @@ impl Emissions {
             index,
             ledger.lane_name(index).clone(),
             pipeline.lanes()[index].retry_policy().clone(),
+            pipeline.lanes()[index].key_fn().cloned(),
         ))
+    }
+
+    /// The [`Extension`](crate::Extension) of type `T` attached to this instance, if any.
+    ///
+    /// See [`Extension`](crate::Extension).
+    pub fn extension<T: crate::Extension>(&self) -> Option<Arc<T>> {
+        self.extensions()
+            .iter()
+            .find_map(|attached| attached.get::<T>())
+    }
+
+    pub(crate) fn extensions(&self) -> &[crate::extension::Attached] {
+        self.inner.engine.extensions()
     }
 
     /// The registered adapters' names, in registration order (the handler dispatcher, when

@@ -18,6 +18,9 @@ pub enum BufferState {
     Open,
     /// Handed to the pipeline by `commit`; closed.
     Committed,
+    /// Being committed elsewhere (a durable store writing it in a database transaction):
+    /// closed until that ends, then committed, or open again with its events if it failed.
+    Committing,
     /// Discarded by `terminate` or by being dropped; closed.
     Terminated,
 }
@@ -27,6 +30,7 @@ impl fmt::Display for BufferState {
         f.write_str(match self {
             BufferState::Open => "open",
             BufferState::Committed => "committed",
+            BufferState::Committing => "committing",
             BufferState::Terminated => "terminated",
         })
     }
@@ -48,6 +52,15 @@ pub enum Error {
         /// The event name that was being emitted.
         name: String,
         /// The serializer's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A payload read back from a store is not JSON; the event cannot be restored.
+    #[error("payload of event `{name}` is not valid JSON")]
+    InvalidPayload {
+        /// The event's name.
+        name: String,
+        /// The parser's error.
         #[source]
         source: serde_json::Error,
     },

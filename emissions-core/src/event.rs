@@ -126,6 +126,48 @@ impl Event {
         })
     }
 
+    /// An event as it was emitted, read back from a durable store: same id, name, payload bytes,
+    /// metadata and emit time. Fails with [`Error::EmptyName`], or [`Error::InvalidPayload`]
+    /// when `payload` is not JSON (a corrupted store row, say).
+    ///
+    /// ```
+    /// use emissions_core::{Event, Metadata};
+    /// let sent = Event::new("order_created", &serde_json::json!({"id": 7}), Metadata::new())?;
+    /// let back = Event::restore(
+    ///     sent.id(),
+    ///     sent.name().to_owned(),
+    ///     sent.payload().to_vec(),
+    ///     sent.metadata().clone(),
+    ///     sent.emitted_at(),
+    /// )?;
+    /// assert_eq!((back.id(), back.payload()), (sent.id(), sent.payload()));
+    /// assert!(Event::restore(sent.id(), "x".into(), b"{not json".to_vec(), Metadata::new(), sent.emitted_at()).is_err());
+    /// # Ok::<(), emissions_core::Error>(())
+    /// ```
+    pub fn restore(
+        id: Uuid,
+        name: String,
+        payload: Vec<u8>,
+        metadata: Metadata,
+        emitted_at: SystemTime,
+    ) -> Result<Self, Error> {
+        if name.is_empty() {
+            return Err(Error::EmptyName);
+        }
+        if let Err(source) = serde_json::from_slice::<serde::de::IgnoredAny>(&payload) {
+            return Err(Error::InvalidPayload { name, source });
+        }
+        Ok(Event {
+            inner: Arc::new(EventInner {
+                id,
+                name: Cow::Owned(name),
+                payload,
+                metadata,
+                emitted_at,
+            }),
+        })
+    }
+
     /// The event id: a UUID v7, so ids sort by emit time.
     ///
     /// ```

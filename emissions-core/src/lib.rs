@@ -137,6 +137,7 @@ pub mod durable;
 mod emissions;
 mod error;
 mod event;
+mod extension;
 pub mod handler;
 #[cfg(feature = "tower")]
 pub mod layer;
@@ -156,11 +157,12 @@ pub use ambient::{
     terminate, transaction, with_default,
 };
 pub use async_trait::async_trait;
-pub use buffer::Buffer;
+pub use buffer::{Buffer, PendingCommit};
 pub use builder::EmissionsBuilder;
 pub use emissions::Emissions;
 pub use error::{BoxError, BufferState, Error};
 pub use event::{Event, Metadata};
+pub use extension::Extension;
 pub use handler::{
     CASCADE_DEPTH, CAUSATION_ID, CORRELATION_ID, Handled, Handler, HandlerContext, HandlerOptions,
 };

@@ -17,6 +17,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::{Id, JoinError, JoinSet};
 use tokio::time::Instant;
 
+use crate::extension::Attached;
 use crate::handler::Handlers;
 use crate::pipeline::consumer::DETACHED_GRACE;
 use crate::pipeline::{Control, Pipeline};
@@ -40,6 +41,7 @@ pub(crate) struct Engine {
     control: Arc<Control>,
     /// Consumer tasks, and which lane each one feeds.
     consumers: Mutex<(JoinSet<()>, HashMap<Id, usize>)>,
+    extensions: Vec<Attached>,
     closed: AtomicBool,
     state: Mutex<State>,
     done: Notify,
@@ -52,12 +54,14 @@ impl Engine {
         control: Arc<Control>,
         consumers: JoinSet<()>,
         lanes: HashMap<Id, usize>,
+        extensions: Vec<Attached>,
     ) -> Self {
         Engine {
             pipeline,
             handlers,
             control,
             consumers: Mutex::new((consumers, lanes)),
+            extensions,
             closed: AtomicBool::new(false),
             state: Mutex::new(State::default()),
             done: Notify::new(),
@@ -70,6 +74,10 @@ impl Engine {
 
     pub(crate) fn pipeline(&self) -> &Pipeline {
         &self.pipeline
+    }
+
+    pub(crate) fn extensions(&self) -> &[Attached] {
+        &self.extensions
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -169,6 +177,21 @@ impl Engine {
         if let Some(handlers) = &self.handlers {
             let deadline = self.control.deadline().unwrap_or_else(Instant::now);
             handlers.stop(deadline, ABORT_GRACE).await;
+        }
+
+        // Extensions persist what the last moments reported, before the report is built.
+        let deadline = self.control.deadline().unwrap_or_else(Instant::now);
+        for attached in &self.extensions {
+            let shutdown = panic::contain_async(attached.extension.shutdown(deadline));
+            match tokio::time::timeout_at(deadline + ABORT_GRACE, shutdown).await {
+                Ok(Ok(())) => {}
+                Ok(Err(panic)) => {
+                    tracing::error!(target: "emissions", panic, "an extension panicked at shutdown")
+                }
+                Err(_) => {
+                    tracing::error!(target: "emissions", "an extension did not shut down in time")
+                }
+            }
         }
 
         let ledger = self.pipeline.ledger();

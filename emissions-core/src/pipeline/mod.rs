@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::durable::{Attempt, AttemptSink};
 use crate::ledger::Ledger;
+use crate::options::KeyFn;
 use crate::telemetry::DropReason;
 use crate::{AdapterOptions, Error, Event, OverflowPolicy, Receipt, RetryPolicy};
 use queue::Inbox;
@@ -30,6 +31,8 @@ pub(crate) struct Lane {
     backlog: Mutex<Backlog>,
     /// The adapter's retry policy (a durable store schedules its retries by it).
     retry: RetryPolicy,
+    /// The adapter's ordering key (a durable store orders each key's deliveries by it).
+    key: Option<KeyFn>,
 }
 
 impl Lane {
@@ -39,7 +42,12 @@ impl Lane {
             inbox: Inbox::new(options.capacity, options.overflow),
             backlog: Mutex::new(Backlog::default()),
             retry: options.retry.clone(),
+            key: options.key_fn().cloned(),
         }
+    }
+
+    pub(crate) fn key_fn(&self) -> Option<&KeyFn> {
+        self.key.as_ref()
     }
 
     pub(crate) fn retry_policy(&self) -> &RetryPolicy {
