@@ -161,6 +161,54 @@ impl RetryPolicy {
         self
     }
 
+    /// How long to wait before the next attempt, after `attempts` attempts of which the first
+    /// was `since_first` ago and the last failed asking (optionally) to wait `retry_after` — or
+    /// `None` to give up: the attempts are used up, the next attempt would come later than
+    /// `max_elapsed` after the first, or the wait is too long to represent. The longer of the
+    /// policy's jittered delay and `retry_after` wins. In-memory retries and the durable outbox
+    /// both decide by this rule.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use emissions_core::RetryPolicy;
+    /// let policy = RetryPolicy::schedule([Duration::from_secs(10)]).max_elapsed(Duration::from_secs(60));
+    /// let wait = policy.next_delay(1, Duration::ZERO, None).unwrap();
+    /// assert!(wait >= Duration::from_secs(5) && wait <= Duration::from_secs(10));
+    /// assert_eq!(policy.next_delay(2, Duration::ZERO, None), None); // used up
+    /// assert_eq!(policy.next_delay(1, Duration::ZERO, Some(Duration::from_secs(120))), None); // too late
+    /// ```
+    pub fn next_delay(
+        &self,
+        attempts: u32,
+        since_first: Duration,
+        retry_after: Option<Duration>,
+    ) -> Option<Duration> {
+        self.next_delay_with(attempts, since_first, retry_after, jitter())
+    }
+
+    pub(crate) fn next_delay_with(
+        &self,
+        attempts: u32,
+        since_first: Duration,
+        retry_after: Option<Duration>,
+        jitter: f64,
+    ) -> Option<Duration> {
+        if attempts >= self.max_attempts {
+            return None;
+        }
+        let delay = self
+            .jittered(attempts, jitter)
+            .max(retry_after.unwrap_or_default());
+        if let Some(limit) = self.max_elapsed {
+            // Overflow means "later than any limit".
+            match since_first.checked_add(delay) {
+                Some(at) if at <= limit => {}
+                _ => return None,
+            }
+        }
+        Some(delay)
+    }
+
     /// The configured number of attempts.
     ///
     /// ```
@@ -168,10 +216,6 @@ impl RetryPolicy {
     /// ```
     pub fn attempts(&self) -> u32 {
         self.max_attempts
-    }
-
-    pub(crate) fn elapsed_limit(&self) -> Option<Duration> {
-        self.max_elapsed
     }
 
     /// The un-jittered delay after failed attempt `attempt` (1-based).

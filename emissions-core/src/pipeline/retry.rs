@@ -41,21 +41,9 @@ impl Attempts {
         hint: Option<Duration>,
         now: Instant,
     ) -> Option<Instant> {
-        if self.made >= policy.attempts() {
-            return None;
-        }
-        let delay = policy
-            .jittered(self.made, jitter)
-            .max(hint.unwrap_or_default());
-        let at = now.checked_add(delay)?;
-        if let Some(limit) = policy.elapsed_limit() {
-            let first = self.first.unwrap_or(now);
-            // A limit too large to represent never stops anything.
-            if first.checked_add(limit).is_some_and(|latest| at > latest) {
-                return None;
-            }
-        }
-        Some(at)
+        let since_first = now.saturating_duration_since(self.first.unwrap_or(now));
+        let delay = policy.next_delay_with(self.made, since_first, hint, jitter)?;
+        now.checked_add(delay)
     }
 }
 

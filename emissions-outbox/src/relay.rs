@@ -1,0 +1,425 @@
+//! The relay: claims due deliveries from the store, hands them to the adapters' own queues
+//! through the engine's durable lanes, and writes every outcome back — a retry as a row with a
+//! due time, never an in-memory sleep.
+//!
+//! Two tasks per outbox. The **relay** loops: for each destination with room (fewer than
+//! `max_in_flight` deliveries claimed and not yet acknowledged), claim up to `batch_size` due
+//! deliveries in a short transaction of its own, read their events, submit them; when nothing
+//! is due, sleep until the next delivery or lease comes due, a commit wakes it (in-process, or
+//! PostgreSQL `NOTIFY` from any instance), or the poll interval passes. The **acknowledgement
+//! writer** takes the outcomes the engine reports (on its consumers' tasks, through an
+//! [`AttemptSink`]) and applies them in batched transactions, each only where the fence still
+//! matches. No database transaction is ever open while a delivery is in progress.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use emissions_core::Emissions;
+use emissions_core::durable::{Attempt, AttemptOutcome, AttemptSink};
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::outbox::Inner;
+use crate::store::{Ack, AckKind, Claimed, now_ms};
+
+/// Most outcomes applied in one transaction.
+const ACK_BATCH: usize = 500;
+
+/// A delivery this instance holds claimed.
+#[derive(Clone, Copy, Debug)]
+struct Claim {
+    destination: usize,
+    fence: i64,
+    first_attempt_at_ms: Option<i64>,
+}
+
+/// What the relay and the acknowledgement writer share.
+struct Shared {
+    claims: Mutex<HashMap<i64, Claim>>,
+    /// Per destination: claimed and not yet acknowledged.
+    in_flight: Vec<AtomicUsize>,
+    /// Outcomes reported and not yet written.
+    unwritten: AtomicUsize,
+    written: Notify,
+}
+
+/// Where the engine reports outcomes: into the acknowledgement writer's channel.
+struct Outcomes {
+    tx: mpsc::UnboundedSender<(u64, u32, AttemptOutcome)>,
+    shared: Arc<Shared>,
+}
+
+impl AttemptSink for Outcomes {
+    fn outcome(&self, id: u64, attempts: u32, outcome: &AttemptOutcome) {
+        self.shared.unwritten.fetch_add(1, Ordering::AcqRel);
+        if self.tx.send((id, attempts, outcome.clone())).is_err() {
+            // The writer is gone (shutting down past the deadline): the lease will expire.
+            self.shared.unwritten.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// The running relay; [`finish`](RelayHandle::finish) stops it at shutdown.
+pub(crate) struct RelayHandle {
+    inner: Arc<Inner>,
+    shared: Arc<Shared>,
+    relay: JoinHandle<()>,
+    writer: JoinHandle<()>,
+}
+
+impl RelayHandle {
+    /// Stops claiming, writes every outcome already reported (the engine's consumers have
+    /// ended by now), and releases whatever this instance still holds claimed, so that it is
+    /// due again at once for the next instance — all bounded by `deadline`.
+    pub(crate) async fn finish(self, deadline: Instant) {
+        let _ = tokio::time::timeout_at(deadline, self.relay).await;
+        loop {
+            let written = self.shared.written.notified();
+            tokio::pin!(written);
+            written.as_mut().enable();
+            if self.shared.unwritten.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, written).await.is_err() {
+                tracing::warn!(target: "emissions::outbox", "outcomes not written before the deadline; their leases will expire");
+                break;
+            }
+        }
+        self.writer.abort();
+        match self.inner.store.release(&self.inner.owner).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::debug!(target: "emissions::outbox", deliveries = n, "released claims at shutdown")
+            }
+            Err(err) => {
+                tracing::warn!(target: "emissions::outbox", error = %err, "could not release claims; their leases will expire")
+            }
+        }
+    }
+}
+
+pub(crate) fn start(inner: Arc<Inner>, emissions: &Emissions) -> RelayHandle {
+    let _ = emissions;
+    let shared = Arc::new(Shared {
+        claims: Mutex::new(HashMap::new()),
+        in_flight: inner
+            .destinations()
+            .iter()
+            .map(|_| AtomicUsize::new(0))
+            .collect(),
+        unwritten: AtomicUsize::new(0),
+        written: Notify::new(),
+    });
+    let (tx, rx) = mpsc::unbounded_channel();
+    let sink: Arc<dyn AttemptSink> = Arc::new(Outcomes {
+        tx,
+        shared: shared.clone(),
+    });
+    let writer = tokio::spawn(write_outcomes(inner.clone(), shared.clone(), rx));
+    let relay = tokio::spawn(relay(inner.clone(), shared.clone(), sink));
+    RelayHandle {
+        inner,
+        shared,
+        relay,
+        writer,
+    }
+}
+
+async fn relay(inner: Arc<Inner>, shared: Arc<Shared>, sink: Arc<dyn AttemptSink>) {
+    let config = &inner.config;
+    #[cfg(feature = "postgres")]
+    let mut listener = listen(&inner).await;
+    let mut last_purge = Instant::now();
+    let mut failing_since: Option<Instant> = None;
+    loop {
+        if inner.stop.is_cancelled() {
+            return;
+        }
+        let mut claimed_any = false;
+        let mut failed = false;
+        for (index, destination) in inner.destinations().iter().enumerate() {
+            let held = shared.in_flight[index].load(Ordering::Acquire);
+            let room = config.max_in_flight.saturating_sub(held);
+            if room == 0 {
+                continue;
+            }
+            let lane = &destination.lane;
+            let limit = room.min(config.batch_size);
+            let claims = match inner
+                .store
+                .claim(lane.adapter(), limit, &inner.owner, config.lease)
+                .await
+            {
+                Ok(claims) => claims,
+                Err(err) => {
+                    if failing_since.is_none() {
+                        tracing::error!(target: "emissions::outbox", error = %err, "claiming deliveries failed; retrying");
+                    }
+                    failed = true;
+                    break;
+                }
+            };
+            if claims.is_empty() {
+                continue;
+            }
+            claimed_any = true;
+            if !submit(&inner, &shared, &sink, index, claims).await {
+                return; // the instance is shutting down
+            }
+        }
+        if failed {
+            failing_since.get_or_insert_with(Instant::now);
+            pause(&inner, config.poll_interval.min(Duration::from_secs(1))).await;
+            continue;
+        }
+        if failing_since.take().is_some() {
+            tracing::info!(target: "emissions::outbox", "claiming deliveries works again");
+        }
+        if claimed_any {
+            continue;
+        }
+        if last_purge.elapsed() >= config.purge_interval {
+            last_purge = Instant::now();
+            if let Err(err) = inner.store.purge(config.retention, 1000).await {
+                tracing::warn!(target: "emissions::outbox", error = %err, "cleanup failed");
+            }
+        }
+        // Nothing due now: sleep until something comes due, a commit wakes us, or the poll.
+        let wait = match inner.store.next_wake_ms().await {
+            Ok(Some(at)) if at > now_ms() => {
+                Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0))
+                    .min(config.poll_interval)
+            }
+            // Due already but not claimable here (behind another instance's claim of its
+            // key, or for a destination this instance does not serve): wait for news.
+            _ => config.poll_interval,
+        };
+        #[cfg(feature = "postgres")]
+        {
+            let notified = async {
+                match listener.as_mut() {
+                    Some(listener) => {
+                        if listener.recv().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = inner.stop.cancelled() => return,
+                () = inner.wake.notified() => {}
+                () = tokio::time::sleep(wait) => {}
+                () = notified => {}
+            }
+        }
+        #[cfg(not(feature = "postgres"))]
+        tokio::select! {
+            () = inner.stop.cancelled() => return,
+            () = inner.wake.notified() => {}
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Waits `delay` (or until stopped).
+async fn pause(inner: &Inner, delay: Duration) {
+    tokio::select! {
+        () = inner.stop.cancelled() => {}
+        () = tokio::time::sleep(delay) => {}
+    }
+}
+
+/// `LISTEN`s on the outbox channel, when the store is PostgreSQL and the connection allows it
+/// (behind a transaction-mode pooler it does not: the relay then polls).
+#[cfg(feature = "postgres")]
+async fn listen(inner: &Inner) -> Option<sqlx::postgres::PgListener> {
+    #[allow(irrefutable_let_patterns)] // without the `sqlite` feature
+    let crate::store::Store::Postgres(pool) = &inner.store else {
+        return None;
+    };
+    let mut listener = match sqlx::postgres::PgListener::connect_with(pool).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            tracing::warn!(target: "emissions::outbox", error = %err, "LISTEN unavailable; polling");
+            return None;
+        }
+    };
+    match listener.listen(&inner.config.channel).await {
+        Ok(()) => Some(listener),
+        Err(err) => {
+            tracing::warn!(target: "emissions::outbox", error = %err, "LISTEN unavailable; polling");
+            None
+        }
+    }
+}
+
+/// Reads the claimed deliveries' events and hands them to the destination's lane. Returns
+/// false once the instance is shutting down.
+async fn submit(
+    inner: &Inner,
+    shared: &Shared,
+    sink: &Arc<dyn AttemptSink>,
+    destination: usize,
+    claims: Vec<Claimed>,
+) -> bool {
+    let takeovers = claims.iter().filter(|c| c.redelivery).count() as u64;
+    if takeovers > 0 {
+        inner.redeliveries.fetch_add(takeovers, Ordering::Relaxed);
+        tracing::warn!(target: "emissions::outbox", deliveries = takeovers, "took over deliveries from an expired lease; they may be duplicates");
+    }
+    shared.in_flight[destination].fetch_add(claims.len(), Ordering::AcqRel);
+    {
+        let mut held = shared.claims.lock().unwrap_or_else(|e| e.into_inner());
+        for claim in &claims {
+            held.insert(
+                claim.id,
+                Claim {
+                    destination,
+                    fence: claim.fence,
+                    first_attempt_at_ms: claim.first_attempt_at_ms,
+                },
+            );
+        }
+    }
+    let seqs: Vec<i64> = claims.iter().map(|c| c.event_seq).collect();
+    let mut events = match inner.store.events(&seqs).await {
+        Ok(events) => events,
+        Err(err) => {
+            // Leave them claimed: they are released at shutdown or when the lease expires.
+            tracing::error!(target: "emissions::outbox", error = %err, "reading claimed events failed");
+            forget(shared, &claims);
+            return true;
+        }
+    };
+    let mut attempts = Vec::with_capacity(claims.len());
+    for claim in &claims {
+        match events.remove(&claim.event_seq) {
+            Some(Ok(event)) => attempts.push(Attempt::new(
+                u64::try_from(claim.id).unwrap_or_default(),
+                event,
+                claim.attempts,
+            )),
+            Some(Err(reason)) => sink.outcome(
+                u64::try_from(claim.id).unwrap_or_default(),
+                claim.attempts,
+                &AttemptOutcome::Failed {
+                    error: format!("the stored event cannot be read back: {reason}"),
+                },
+            ),
+            None => sink.outcome(
+                u64::try_from(claim.id).unwrap_or_default(),
+                claim.attempts,
+                &AttemptOutcome::Failed {
+                    error: "the stored event is missing".to_owned(),
+                },
+            ),
+        }
+    }
+    let lane = &inner.destinations()[destination].lane;
+    match lane.submit(attempts, sink.clone()).await {
+        Ok(()) => true,
+        Err(_) => {
+            // Not handed over: released at shutdown.
+            forget(shared, &claims);
+            false
+        }
+    }
+}
+
+/// Stops tracking claims that were never handed over.
+fn forget(shared: &Shared, claims: &[Claimed]) {
+    let mut held = shared.claims.lock().unwrap_or_else(|e| e.into_inner());
+    for claim in claims {
+        if let Some(gone) = held.remove(&claim.id) {
+            shared.in_flight[gone.destination].fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+async fn write_outcomes(
+    inner: Arc<Inner>,
+    shared: Arc<Shared>,
+    mut rx: mpsc::UnboundedReceiver<(u64, u32, AttemptOutcome)>,
+) {
+    let mut batch = Vec::with_capacity(ACK_BATCH);
+    while rx.recv_many(&mut batch, ACK_BATCH).await > 0 {
+        let count = batch.len();
+        let (acks, freed) = acknowledgements(&inner, &shared, batch.drain(..));
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match inner.store.acknowledge(&acks, inner.config.retention).await {
+                Ok(()) => break,
+                Err(err) => {
+                    tracing::error!(target: "emissions::outbox", error = %err, "writing outcomes failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        for (destination, n) in freed.iter().enumerate() {
+            if *n > 0 {
+                shared.in_flight[destination].fetch_sub(*n, Ordering::AcqRel);
+            }
+        }
+        shared.unwritten.fetch_sub(count, Ordering::AcqRel);
+        shared.written.notify_waiters();
+        inner.progress.notify_waiters();
+        // Room for more claims.
+        inner.wake.notify_one();
+    }
+}
+
+/// Turns reported outcomes into store writes; returns them and, per destination, how many
+/// claims they end.
+fn acknowledgements(
+    inner: &Inner,
+    shared: &Shared,
+    outcomes: impl Iterator<Item = (u64, u32, AttemptOutcome)>,
+) -> (Vec<Ack>, Vec<usize>) {
+    let now = now_ms();
+    let mut freed = vec![0; shared.in_flight.len()];
+    let mut held = shared.claims.lock().unwrap_or_else(|e| e.into_inner());
+    let acks = outcomes
+        .filter_map(|(id, attempts, outcome)| {
+            let id = i64::try_from(id).ok()?;
+            let claim = held.remove(&id)?;
+            freed[claim.destination] += 1;
+            let first = claim.first_attempt_at_ms.unwrap_or(now);
+            let kind = match outcome {
+                AttemptOutcome::Delivered | AttemptOutcome::Filtered => AckKind::Done,
+                AttemptOutcome::Retry { error, retry_after } => {
+                    let policy = inner.destinations()[claim.destination].lane.retry_policy();
+                    let since_first =
+                        Duration::from_millis(u64::try_from(now - first).unwrap_or(0));
+                    match policy.next_delay(attempts, since_first, retry_after) {
+                        Some(delay) => AckKind::Retry {
+                            next_at_ms: now.saturating_add(crate::store::duration_ms(delay)),
+                            error,
+                        },
+                        None => AckKind::GiveUp {
+                            state: "failed",
+                            error,
+                        },
+                    }
+                }
+                AttemptOutcome::Failed { error } => AckKind::GiveUp {
+                    state: "abandoned",
+                    error,
+                },
+                _ => AckKind::Release,
+            };
+            Some(Ack {
+                id,
+                fence: claim.fence,
+                attempts,
+                first_attempt_at_ms: first,
+                kind,
+            })
+        })
+        .collect();
+    (acks, freed)
+}

@@ -1,0 +1,870 @@
+//! [`Store`]: the outbox tables on SQLite or PostgreSQL, and every statement the outbox runs
+//! against them. No statement here runs while network I/O is in progress: claims and
+//! acknowledgements are short transactions of their own.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use emissions_core::{Event, Metadata};
+use sqlx::Row;
+
+use crate::schema::{self, Migrations};
+use crate::{Error, sql};
+
+/// Milliseconds since the Unix epoch, now.
+pub(crate) fn now_ms() -> i64 {
+    ms(SystemTime::now())
+}
+
+pub(crate) fn ms(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+pub(crate) fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Where the outbox tables live.
+#[derive(Clone, Debug)]
+pub(crate) enum Store {
+    #[cfg(feature = "sqlite")]
+    Sqlite(sqlx::SqlitePool),
+    #[cfg(feature = "postgres")]
+    Postgres(sqlx::PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to the backend's pool and `$q` to its SQL module.
+macro_rules! on_store {
+    ($store:expr, |$pool:ident, $q:ident| $body:expr) => {
+        match $store {
+            #[cfg(feature = "sqlite")]
+            Store::Sqlite($pool) => {
+                #[allow(unused_imports)]
+                use sql::sqlite as $q;
+                $body
+            }
+            #[cfg(feature = "postgres")]
+            Store::Postgres($pool) => {
+                #[allow(unused_imports)]
+                use sql::postgres as $q;
+                $body
+            }
+        }
+    };
+}
+
+/// One delivery row to write at commit.
+#[derive(Debug)]
+pub(crate) struct NewDelivery {
+    pub(crate) destination: String,
+    pub(crate) key: Option<String>,
+    /// `pending`, or `abandoned` when the ordering key could not be computed.
+    pub(crate) state: &'static str,
+    pub(crate) error: Option<String>,
+}
+
+/// A delivery claimed by this instance.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Claimed {
+    pub(crate) id: i64,
+    pub(crate) event_seq: i64,
+    pub(crate) attempts: u32,
+    pub(crate) fence: i64,
+    pub(crate) first_attempt_at_ms: Option<i64>,
+    /// Taken over from an expired lease: the previous attempt may have reached the
+    /// destination, so this one may be a duplicate.
+    pub(crate) redelivery: bool,
+}
+
+/// What to write for one attempt's outcome (applied only if the fence still matches).
+#[derive(Debug)]
+pub(crate) enum AckKind {
+    /// Delivered or filtered: done for this destination.
+    Done,
+    /// Retry at `next_at_ms`.
+    Retry { next_at_ms: i64, error: String },
+    /// `failed` (retries used up) or `abandoned` (permanent failure).
+    GiveUp { state: &'static str, error: String },
+    /// Not attempted to the end (shutdown): due again now.
+    Release,
+}
+
+#[derive(Debug)]
+pub(crate) struct Ack {
+    pub(crate) id: i64,
+    pub(crate) fence: i64,
+    pub(crate) attempts: u32,
+    /// When the first attempt was made, if this was it.
+    pub(crate) first_attempt_at_ms: i64,
+    pub(crate) kind: AckKind,
+}
+
+/// What to keep of delivered deliveries.
+///
+/// ```
+/// use std::time::Duration;
+/// let keep = emissions_outbox::Retention::Archive(Duration::from_secs(86_400));
+/// assert_ne!(keep, emissions_outbox::Retention::Delete);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Retention {
+    /// Delete a delivery once done, and an event once all its deliveries are (the default).
+    #[default]
+    Delete,
+    /// Keep delivered deliveries (state `delivered`, replayable) for this long, then delete.
+    Archive(Duration),
+}
+
+/// Which deliveries [`Outbox::replay`](crate::Outbox::replay) re-queues.
+///
+/// ```
+/// use emissions_outbox::Replay;
+/// let replay = Replay::failed().destination("billing").event_name("order_created");
+/// # let _ = replay;
+/// ```
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct Replay {
+    states: Vec<&'static str>,
+    destination: Option<String>,
+    event_name: Option<String>,
+    event_id: Option<uuid::Uuid>,
+    from: Option<SystemTime>,
+    until: Option<SystemTime>,
+}
+
+impl Replay {
+    /// Deliveries that ended `failed` or `abandoned`.
+    ///
+    /// See [`Replay`].
+    pub fn failed() -> Self {
+        Replay {
+            states: vec!["failed", "abandoned"],
+            destination: None,
+            event_name: None,
+            event_id: None,
+            from: None,
+            until: None,
+        }
+    }
+
+    /// Delivered deliveries still kept by [`Retention::Archive`] (to send them again).
+    ///
+    /// ```
+    /// let replay = emissions_outbox::Replay::delivered().destination("search");
+    /// # let _ = replay;
+    /// ```
+    pub fn delivered() -> Self {
+        Replay {
+            states: vec!["delivered"],
+            ..Replay::failed()
+        }
+    }
+
+    /// Only to this destination (adapter name).
+    ///
+    /// See [`Replay`].
+    pub fn destination(mut self, destination: impl Into<String>) -> Self {
+        self.destination = Some(destination.into());
+        self
+    }
+
+    /// Only events with this name.
+    ///
+    /// See [`Replay`].
+    pub fn event_name(mut self, name: impl Into<String>) -> Self {
+        self.event_name = Some(name.into());
+        self
+    }
+
+    /// Only this event.
+    ///
+    /// ```
+    /// let replay = emissions_outbox::Replay::failed().event_id(uuid::Uuid::nil());
+    /// # let _ = replay;
+    /// ```
+    pub fn event_id(mut self, id: uuid::Uuid) -> Self {
+        self.event_id = Some(id);
+        self
+    }
+
+    /// Only events committed in `[from, until)`.
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime};
+    /// let now = SystemTime::now();
+    /// let replay = emissions_outbox::Replay::failed().committed_between(now - Duration::from_secs(3600), now);
+    /// # let _ = replay;
+    /// ```
+    pub fn committed_between(mut self, from: SystemTime, until: SystemTime) -> Self {
+        self.from = Some(from);
+        self.until = Some(until);
+        self
+    }
+}
+
+/// One delivery as the store holds it (for inspection and tests).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeliveryRecord {
+    /// The event id.
+    pub event_id: uuid::Uuid,
+    /// The event name.
+    pub event_name: String,
+    /// The destination (adapter name).
+    pub destination: String,
+    /// The ordering key at that destination, if it is ordered.
+    pub ordering_key: Option<String>,
+    /// `pending`, `in_flight`, `delivered`, `failed` or `abandoned`.
+    pub state: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// When the next attempt is due (pending deliveries).
+    pub next_attempt_at: SystemTime,
+    /// The last failure, if any.
+    pub last_error: Option<String>,
+    /// Times it was taken over from an instance whose lease expired (possible duplicates).
+    pub redeliveries: u32,
+}
+
+/// The deliveries of one destination, by state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DestinationStats {
+    /// The destination (adapter name).
+    pub destination: String,
+    /// Waiting for their first attempt or a retry.
+    pub pending: u64,
+    /// Claimed by an instance, being attempted.
+    pub in_flight: u64,
+    /// Kept after delivery ([`Retention::Archive`]).
+    pub delivered: u64,
+    /// Retries used up.
+    pub failed: u64,
+    /// Failed permanently.
+    pub abandoned: u64,
+    /// How long the oldest pending or in-flight delivery has waited since its commit.
+    pub oldest_pending_age: Option<Duration>,
+    /// Deliveries taken over from an expired lease, over the rows still stored.
+    pub redeliveries: u64,
+}
+
+fn placeholders(rows: usize, cols: usize, numbered: bool) -> String {
+    let mut sql = String::with_capacity(rows * cols * 4);
+    let mut n = 0;
+    for row in 0..rows {
+        if row > 0 {
+            sql.push(',');
+        }
+        sql.push('(');
+        for col in 0..cols {
+            if col > 0 {
+                sql.push(',');
+            }
+            n += 1;
+            if numbered {
+                sql.push_str(&format!("${n}"));
+            } else {
+                sql.push('?');
+            }
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+fn metadata_json(metadata: &Metadata) -> String {
+    serde_json::Value::Object(metadata.clone()).to_string()
+}
+
+fn emitted_us(event: &Event) -> i64 {
+    event
+        .emitted_at()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// Writes `events` and their deliveries on `$conn` (the caller's transaction), with `$q`'s SQL.
+macro_rules! insert_on {
+    ($conn:expr, $q:ident, $numbered:expr, $events:expr) => {{
+        let events: &[(&Event, Vec<NewDelivery>)] = $events;
+        let now = now_ms();
+        let sql = format!(
+            "{}{}{}",
+            $q::EVENTS_INSERT,
+            placeholders(events.len(), 6, $numbered),
+            $q::EVENTS_RETURNING
+        );
+        let mut query = sqlx::query(&sql);
+        for (event, _) in events {
+            query = query
+                .bind(event.id().to_string())
+                .bind(event.name().to_owned())
+                .bind(event.payload().to_vec())
+                .bind(metadata_json(event.metadata()))
+                .bind(emitted_us(event))
+                .bind(now);
+        }
+        let rows = query.fetch_all(&mut *$conn).await?;
+        let mut seqs: HashMap<String, i64> = HashMap::with_capacity(rows.len());
+        for row in rows {
+            seqs.insert(row.try_get(1)?, row.try_get(0)?);
+        }
+        let count: usize = events.iter().map(|(_, d)| d.len()).sum();
+        if count > 0 {
+            let sql = format!(
+                "{}{}",
+                $q::DELIVERIES_INSERT,
+                placeholders(count, 7, $numbered)
+            );
+            let mut query = sqlx::query(&sql);
+            for (event, deliveries) in events {
+                let seq = seqs[&event.id().to_string()];
+                for delivery in deliveries {
+                    query = query
+                        .bind(seq)
+                        .bind(delivery.destination.clone())
+                        .bind(delivery.key.clone())
+                        .bind(delivery.state)
+                        .bind(now)
+                        .bind(delivery.error.clone())
+                        .bind(now);
+                }
+            }
+            query.execute(&mut *$conn).await?;
+        }
+        Ok::<(), Error>(())
+    }};
+}
+
+/// Writes `events` and their deliveries in the caller's SQLite transaction.
+#[cfg(feature = "sqlite")]
+pub(crate) async fn insert_sqlite(
+    conn: &mut sqlx::SqliteConnection,
+    events: &[(&Event, Vec<NewDelivery>)],
+) -> Result<(), Error> {
+    use sql::sqlite;
+    insert_on!(conn, sqlite, false, events)
+}
+
+/// Writes `events` and their deliveries in the caller's PostgreSQL transaction, and notifies
+/// every instance's relay (delivered when the transaction commits, never if it rolls back).
+#[cfg(feature = "postgres")]
+pub(crate) async fn insert_postgres(
+    conn: &mut sqlx::PgConnection,
+    events: &[(&Event, Vec<NewDelivery>)],
+    channel: &str,
+) -> Result<(), Error> {
+    use sql::postgres;
+    insert_on!(conn, postgres, true, events)?;
+    sqlx::query(postgres::NOTIFY)
+        .bind(channel)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+fn event_from_row<R: Row>(row: &R) -> Result<(i64, Result<Event, String>), sqlx::Error>
+where
+    usize: sqlx::ColumnIndex<R>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Vec<u8>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let seq: i64 = row.try_get(0)?;
+    let id: String = row.try_get(1)?;
+    let name: String = row.try_get(2)?;
+    let payload: Vec<u8> = row.try_get(3)?;
+    let metadata: String = row.try_get(4)?;
+    let emitted_at_us: i64 = row.try_get(5)?;
+    let restored = (|| {
+        let id = uuid::Uuid::parse_str(&id).map_err(|e| format!("bad event id `{id}`: {e}"))?;
+        let metadata: Metadata =
+            serde_json::from_str(&metadata).map_err(|e| format!("bad metadata: {e}"))?;
+        let emitted_at =
+            UNIX_EPOCH + Duration::from_micros(u64::try_from(emitted_at_us).unwrap_or(0));
+        Event::restore(id, name, payload, metadata, emitted_at).map_err(|e| e.to_string())
+    })();
+    Ok((seq, restored))
+}
+
+impl Store {
+    /// Creates or upgrades the tables (in one transaction per migration).
+    pub(crate) async fn migrate(&self) -> Result<(), Error> {
+        on_store!(self, |pool, q| {
+            sqlx::query(q::SCHEMA_TABLE).execute(pool).await?;
+            #[cfg(feature = "postgres")]
+            let is_postgres = matches!(self, Store::Postgres(_));
+            #[cfg(not(feature = "postgres"))]
+            let is_postgres = false;
+            let migrations: &[&[&str]] = match self {
+                #[cfg(feature = "sqlite")]
+                Store::Sqlite(_) => schema::SQLITE,
+                #[cfg(feature = "postgres")]
+                Store::Postgres(_) => schema::POSTGRES,
+            };
+            let mut tx = if is_postgres {
+                pool.begin().await?
+            } else {
+                pool.begin_with("BEGIN IMMEDIATE").await?
+            };
+            #[cfg(feature = "postgres")]
+            if is_postgres {
+                sqlx::query(sql::postgres::MIGRATION_LOCK)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let found: Option<i64> = sqlx::query_scalar(q::SCHEMA_VERSION)
+                .fetch_one(&mut *tx)
+                .await?;
+            let found = found.unwrap_or(0);
+            if found > schema::VERSION {
+                return Err(Error::SchemaTooNew {
+                    found,
+                    supported: schema::VERSION,
+                });
+            }
+            for (index, statements) in migrations.iter().enumerate().skip(found as usize) {
+                for statement in statements.iter() {
+                    sqlx::query(statement).execute(&mut *tx).await?;
+                }
+                sqlx::query(q::SCHEMA_SET)
+                    .bind(index as i64 + 1)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// Checks the schema without changing it.
+    pub(crate) async fn check(&self, migrations: Migrations) -> Result<(), Error> {
+        if migrations == Migrations::AtStart {
+            return self.migrate().await;
+        }
+        let found: Option<i64> = on_store!(self, |pool, q| {
+            sqlx::query(q::SCHEMA_TABLE).execute(pool).await?;
+            sqlx::query_scalar(q::SCHEMA_VERSION)
+                .fetch_one(pool)
+                .await?
+        });
+        let found = found.unwrap_or(0);
+        if found > schema::VERSION {
+            return Err(Error::SchemaTooNew {
+                found,
+                supported: schema::VERSION,
+            });
+        }
+        if found < schema::VERSION {
+            return Err(Error::SchemaTooOld {
+                found,
+                supported: schema::VERSION,
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes `events` and their deliveries in a transaction of the store's own.
+    pub(crate) async fn insert_own(
+        &self,
+        events: &[(&Event, Vec<NewDelivery>)],
+        channel: &str,
+    ) -> Result<(), Error> {
+        match self {
+            #[cfg(feature = "sqlite")]
+            Store::Sqlite(pool) => {
+                let mut tx = pool.begin().await?;
+                insert_sqlite(&mut tx, events).await?;
+                tx.commit().await?;
+            }
+            #[cfg(feature = "postgres")]
+            Store::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                insert_postgres(&mut tx, events, channel).await?;
+                tx.commit().await?;
+            }
+        }
+        let _ = channel;
+        Ok(())
+    }
+
+    /// Claims up to `limit` due deliveries of `destination` for `owner` until `lease_until`.
+    pub(crate) async fn claim(
+        &self,
+        destination: &str,
+        limit: usize,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Vec<Claimed>, Error> {
+        let now = now_ms();
+        let lease_until = now.saturating_add(duration_ms(lease));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = on_store!(self, |pool, q| {
+            #[cfg(feature = "sqlite")]
+            let sqlite = matches!(self, Store::Sqlite(_));
+            #[cfg(not(feature = "sqlite"))]
+            let sqlite = false;
+            // SQLite: take the write lock first, so that the claim reads the newest commits.
+            let mut tx = if sqlite {
+                pool.begin_with("BEGIN IMMEDIATE").await?
+            } else {
+                pool.begin().await?
+            };
+            let rows = sqlx::query(q::CLAIM)
+                .bind(owner)
+                .bind(lease_until)
+                .bind(now)
+                .bind(destination)
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            rows.iter()
+                .map(|row| {
+                    let takeover: i64 = row.try_get(5)?;
+                    Ok(Claimed {
+                        id: row.try_get(0)?,
+                        event_seq: row.try_get(1)?,
+                        attempts: u32::try_from(row.try_get::<i64, _>(2)?).unwrap_or(u32::MAX),
+                        fence: row.try_get(3)?,
+                        first_attempt_at_ms: row.try_get(4)?,
+                        redelivery: takeover > 0,
+                    })
+                })
+                .collect::<Result<Vec<Claimed>, sqlx::Error>>()?
+        });
+        Ok(rows)
+    }
+
+    /// The events with these sequence numbers; an event that cannot be read back is `Err`.
+    pub(crate) async fn events(
+        &self,
+        seqs: &[i64],
+    ) -> Result<HashMap<i64, Result<Event, String>>, Error> {
+        let mut events = HashMap::with_capacity(seqs.len());
+        if seqs.is_empty() {
+            return Ok(events);
+        }
+        let rows = match self {
+            #[cfg(feature = "sqlite")]
+            Store::Sqlite(pool) => {
+                let list: Vec<String> = seqs.iter().map(i64::to_string).collect();
+                let sql = format!("{}({})", sql::sqlite::EVENTS_BY_SEQ, list.join(","));
+                let rows = sqlx::query(&sql).fetch_all(pool).await?;
+                rows.iter()
+                    .map(event_from_row)
+                    .collect::<Result<Vec<_>, _>>()?
+            }
+            #[cfg(feature = "postgres")]
+            Store::Postgres(pool) => {
+                let rows = sqlx::query(sql::postgres::EVENTS_BY_SEQ)
+                    .bind(seqs)
+                    .fetch_all(pool)
+                    .await?;
+                rows.iter()
+                    .map(event_from_row)
+                    .collect::<Result<Vec<_>, _>>()?
+            }
+        };
+        events.extend(rows);
+        Ok(events)
+    }
+
+    /// Applies outcomes in one transaction; each only if its fence still matches (a late
+    /// acknowledgement from a lost lease changes nothing).
+    pub(crate) async fn acknowledge(
+        &self,
+        acks: &[Ack],
+        retention: Retention,
+    ) -> Result<(), Error> {
+        if acks.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        let done: Vec<&Ack> = acks
+            .iter()
+            .filter(|a| matches!(a.kind, AckKind::Done))
+            .collect();
+        // Every outcome but "done" is one UPDATE; "done" is one statement for the batch.
+        macro_rules! apply {
+            ($tx:expr, $q:ident, $delete_done:expr) => {{
+                if !done.is_empty() {
+                    match retention {
+                        Retention::Delete => $delete_done,
+                        Retention::Archive(_) => {
+                            for ack in &done {
+                                sqlx::query($q::DONE_ARCHIVE)
+                                    .bind(i64::from(ack.attempts))
+                                    .bind(ack.first_attempt_at_ms)
+                                    .bind(now)
+                                    .bind(ack.id)
+                                    .bind(ack.fence)
+                                    .execute(&mut *$tx)
+                                    .await?;
+                            }
+                        }
+                    }
+                }
+                for ack in acks {
+                    let (state, next_at, error) = match &ack.kind {
+                        AckKind::Done => continue,
+                        AckKind::Retry { next_at_ms, error } => {
+                            ("pending", *next_at_ms, Some(error.as_str()))
+                        }
+                        AckKind::GiveUp { state, error } => (*state, now, Some(error.as_str())),
+                        AckKind::Release => ("pending", now, None),
+                    };
+                    sqlx::query($q::SET_STATE)
+                        .bind(state)
+                        .bind(i64::from(ack.attempts))
+                        .bind(next_at)
+                        .bind(error)
+                        .bind(ack.first_attempt_at_ms)
+                        .bind(now)
+                        .bind(ack.id)
+                        .bind(ack.fence)
+                        .execute(&mut *$tx)
+                        .await?;
+                }
+            }};
+        }
+        match self {
+            #[cfg(feature = "sqlite")]
+            Store::Sqlite(pool) => {
+                use sql::sqlite;
+                let mut tx = pool.begin().await?;
+                apply!(tx, sqlite, {
+                    let sql = format!(
+                        "{}{})",
+                        sqlite::DONE_DELETE,
+                        placeholders(done.len(), 2, false)
+                    );
+                    let mut query = sqlx::query(&sql);
+                    for ack in &done {
+                        query = query.bind(ack.id).bind(ack.fence);
+                    }
+                    query.execute(&mut *tx).await?;
+                });
+                tx.commit().await?;
+            }
+            #[cfg(feature = "postgres")]
+            Store::Postgres(pool) => {
+                use sql::postgres;
+                let mut tx = pool.begin().await?;
+                apply!(tx, postgres, {
+                    let ids: Vec<i64> = done.iter().map(|a| a.id).collect();
+                    let fences: Vec<i64> = done.iter().map(|a| a.fence).collect();
+                    sqlx::query(postgres::DONE_DELETE)
+                        .bind(ids)
+                        .bind(fences)
+                        .execute(&mut *tx)
+                        .await?;
+                });
+                tx.commit().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Releases every delivery this instance still holds (shutting down): due again now.
+    pub(crate) async fn release(&self, owner: &str) -> Result<u64, Error> {
+        let now = now_ms();
+        let done = on_store!(self, |pool, q| {
+            sqlx::query(q::RELEASE_OWNER)
+                .bind(owner)
+                .bind(now)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(done)
+    }
+
+    /// When the next pending delivery comes due, or the next lease expires, if any.
+    pub(crate) async fn next_wake_ms(&self) -> Result<Option<i64>, Error> {
+        let (due, lease): (Option<i64>, Option<i64>) = on_store!(self, |pool, q| {
+            let due = sqlx::query_scalar(q::NEXT_DUE).fetch_one(pool).await?;
+            let lease = sqlx::query_scalar(q::NEXT_LEASE_END)
+                .fetch_one(pool)
+                .await?;
+            (due, lease)
+        });
+        Ok(match (due, lease) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
+    }
+
+    /// Per destination, how many deliveries are in each state.
+    pub(crate) async fn stats(&self) -> Result<Vec<DestinationStats>, Error> {
+        let now = now_ms();
+        let rows = on_store!(self, |pool, q| sqlx::query(q::STATS)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok((
+                    row.try_get::<String, _>(0)?,
+                    row.try_get::<String, _>(1)?,
+                    row.try_get::<i64, _>(2)?,
+                    row.try_get::<Option<i64>, _>(4)?,
+                    row.try_get::<Option<i64>, _>(5)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?);
+        let mut by_destination: Vec<DestinationStats> = Vec::new();
+        for (destination, state, count, oldest_commit, redeliveries) in rows {
+            let index = match by_destination
+                .iter()
+                .position(|s| s.destination == destination)
+            {
+                Some(index) => index,
+                None => {
+                    by_destination.push(DestinationStats {
+                        destination: destination.clone(),
+                        ..DestinationStats::default()
+                    });
+                    by_destination.len() - 1
+                }
+            };
+            let stats = &mut by_destination[index];
+            let count = u64::try_from(count).unwrap_or(0);
+            stats.redeliveries += u64::try_from(redeliveries.unwrap_or(0)).unwrap_or(0);
+            match state.as_str() {
+                "pending" | "in_flight" => {
+                    if state == "pending" {
+                        stats.pending += count;
+                    } else {
+                        stats.in_flight += count;
+                    }
+                    if let Some(at) = oldest_commit {
+                        let age = Duration::from_millis(u64::try_from(now - at).unwrap_or(0));
+                        stats.oldest_pending_age =
+                            Some(stats.oldest_pending_age.map_or(age, |a| a.max(age)));
+                    }
+                }
+                "delivered" => stats.delivered += count,
+                "failed" => stats.failed += count,
+                "abandoned" => stats.abandoned += count,
+                _ => {}
+            }
+        }
+        by_destination.sort_by(|a, b| a.destination.cmp(&b.destination));
+        Ok(by_destination)
+    }
+
+    /// Deliveries, optionally of one destination and state, in commit order (at most `limit`).
+    pub(crate) async fn deliveries(
+        &self,
+        destination: Option<&str>,
+        state: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeliveryRecord>, Error> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let records = on_store!(self, |pool, q| sqlx::query(q::DELIVERIES_OF)
+            .bind(destination)
+            .bind(state)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|row| {
+                let id: String = row.try_get(1)?;
+                let next_at: i64 = row.try_get(7)?;
+                Ok(DeliveryRecord {
+                    event_id: uuid::Uuid::parse_str(&id).unwrap_or_default(),
+                    event_name: row.try_get(2)?,
+                    destination: row.try_get(3)?,
+                    ordering_key: row.try_get(4)?,
+                    state: row.try_get(5)?,
+                    attempts: u32::try_from(row.try_get::<i64, _>(6)?).unwrap_or(u32::MAX),
+                    next_attempt_at: UNIX_EPOCH
+                        + Duration::from_millis(u64::try_from(next_at).unwrap_or(0)),
+                    last_error: row.try_get(8)?,
+                    redeliveries: u32::try_from(row.try_get::<i64, _>(9)?).unwrap_or(u32::MAX),
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?);
+        Ok(records)
+    }
+
+    /// Re-queues the deliveries `replay` selects; returns how many.
+    pub(crate) async fn replay(&self, replay: &Replay) -> Result<u64, Error> {
+        let now = now_ms();
+        let id = replay.event_id.map(|id| id.to_string());
+        let from = replay.from.map(ms);
+        let until = replay.until.map(ms);
+        let count = match self {
+            #[cfg(feature = "sqlite")]
+            Store::Sqlite(pool) => {
+                let states = serde_json::to_string(&replay.states).unwrap_or_default();
+                sqlx::query(sql::sqlite::REPLAY)
+                    .bind(now)
+                    .bind(states)
+                    .bind(replay.destination.as_deref())
+                    .bind(replay.event_name.as_deref())
+                    .bind(id)
+                    .bind(from)
+                    .bind(until)
+                    .execute(pool)
+                    .await?
+                    .rows_affected()
+            }
+            #[cfg(feature = "postgres")]
+            Store::Postgres(pool) => {
+                let states: Vec<String> = replay.states.iter().map(|s| (*s).to_owned()).collect();
+                sqlx::query(sql::postgres::REPLAY)
+                    .bind(now)
+                    .bind(states)
+                    .bind(replay.destination.as_deref())
+                    .bind(replay.event_name.as_deref())
+                    .bind(id)
+                    .bind(from)
+                    .bind(until)
+                    .execute(pool)
+                    .await?
+                    .rows_affected()
+            }
+        };
+        Ok(count)
+    }
+
+    /// Deletes archived deliveries older than the retention, then events with no delivery
+    /// left, in batches of `batch`; returns how many rows went.
+    pub(crate) async fn purge(&self, retention: Retention, batch: usize) -> Result<u64, Error> {
+        let batch = i64::try_from(batch).unwrap_or(i64::MAX);
+        let mut removed = 0;
+        on_store!(self, |pool, q| {
+            if let Retention::Archive(keep) = retention {
+                let before = now_ms().saturating_sub(duration_ms(keep));
+                loop {
+                    let n = sqlx::query(q::PURGE_DELIVERED)
+                        .bind(before)
+                        .bind(batch)
+                        .execute(pool)
+                        .await?
+                        .rows_affected();
+                    removed += n;
+                    if n < batch as u64 {
+                        break;
+                    }
+                }
+            }
+            loop {
+                let n = sqlx::query(q::PURGE_EVENTS)
+                    .bind(batch)
+                    .execute(pool)
+                    .await?
+                    .rows_affected();
+                removed += n;
+                if n < batch as u64 {
+                    break;
+                }
+            }
+        });
+        Ok(removed)
+    }
+}
