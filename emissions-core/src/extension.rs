@@ -22,7 +22,8 @@ use crate::Emissions;
 /// - `shutdown` is called once, by [`Emissions::shutdown`](crate::Emissions::shutdown) (or when
 ///   the last handle is dropped), after every adapter's consumer and every handler run has
 ///   ended and before the report is built — so whatever those last moments reported can be
-///   persisted first. It is bounded by `deadline`, and a panic in it is caught and logged.
+///   persisted first. It is bounded by `deadline` — the shutdown's, or a second from now when
+///   that has already passed — and a panic in it is caught and logged.
 ///
 /// ```
 /// use emissions_core::{async_trait, Emissions, Extension};

@@ -179,11 +179,16 @@ impl Engine {
             handlers.stop(deadline, ABORT_GRACE).await;
         }
 
-        // Extensions persist what the last moments reported, before the report is built.
-        let deadline = self.control.deadline().unwrap_or_else(Instant::now);
+        // Extensions persist what the last moments reported, before the report is built —
+        // with a moment of their own when the deadline has already passed.
+        let deadline = self
+            .control
+            .deadline()
+            .unwrap_or_else(Instant::now)
+            .max(Instant::now() + ABORT_GRACE);
         for attached in &self.extensions {
             let shutdown = panic::contain_async(attached.extension.shutdown(deadline));
-            match tokio::time::timeout_at(deadline + ABORT_GRACE, shutdown).await {
+            match tokio::time::timeout_at(deadline, shutdown).await {
                 Ok(Ok(())) => {}
                 Ok(Err(panic)) => {
                     tracing::error!(target: "emissions", panic, "an extension panicked at shutdown")

@@ -1,5 +1,7 @@
 //! Project automation. `cargo xtask ci` is exactly what CI runs.
 
+mod postgres;
+
 use std::fs::File;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -21,7 +23,12 @@ commands:
   broker start   start a local Kafka-compatible broker (tansu, in memory) in the background
                  and print the EMISSIONS_KAFKA_BROKERS value to use
   broker stop    stop it
-  ci    provisions what the tests need (Chromium for the browser check, a local broker unless EMISSIONS_KAFKA_BROKERS is set,  and
+  db start       start a throwaway PostgreSQL cluster (Debian's postgresql, installed if
+                 missing; initdb under target/postgres, a free loopback port) and print the
+                 EMISSIONS_DATABASE_URL value to use
+  db stop        stop it
+  ci    provisions what the tests need (Chromium for the browser check, a local broker unless EMISSIONS_KAFKA_BROKERS is set,
+        a throwaway PostgreSQL unless EMISSIONS_DATABASE_URL is set, and
         the Python `standardwebhooks` package, into target/python), then: fmt check, clippy (-D warnings, all targets and features), every
         test (unit, integration, property, doc) with all features and core's with none, cargo
         doc with warnings denied, and the README's main command";
@@ -31,6 +38,11 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("bench") => bench(),
+        Some("db") => match args.get(1).map(String::as_str) {
+            Some("start") => postgres::db_start(),
+            Some("stop") => postgres::db_stop(),
+            other => Err(format!("unknown db command {other:?}\n\n{USAGE}")),
+        },
         Some("broker") => match args.get(1).map(String::as_str) {
             Some("start") => broker_start(),
             Some("stop") => broker_stop(),
@@ -71,7 +83,7 @@ fn step(name: &str, mut command: Command) -> Result<(), String> {
 /// A CI step: its name, cargo's arguments, and extra environment variables.
 type Step<'a> = (&'a str, &'a [&'a str], &'a [(&'a str, &'a str)]);
 
-fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives in the workspace")
@@ -140,7 +152,7 @@ fn tansu_binary(root: &Path) -> Result<PathBuf, String> {
     Ok(binary)
 }
 
-fn free_port() -> Result<u16, String> {
+pub(crate) fn free_port() -> Result<u16, String> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
     listener
         .local_addr()
@@ -252,17 +264,28 @@ fn ensure_chromium() -> Result<(), String> {
     if present {
         return Ok(());
     }
-    let mut update = Command::new("apt-get");
-    update.args(["update", "-qq"]);
-    step("provision: apt-get update", update)?;
+    apt_install(
+        &["chromium", "chromium-driver"],
+        "provision: apt-get install chromium chromium-driver",
+    )
+}
+
+/// `apt-get install` of Debian packages (after one `apt-get update` per run), as a named step.
+pub(crate) fn apt_install(packages: &[&str], name: &str) -> Result<(), String> {
+    static UPDATED: std::sync::Once = std::sync::Once::new();
+    let mut updated = Ok(());
+    UPDATED.call_once(|| {
+        let mut update = Command::new("apt-get");
+        update.args(["update", "-qq"]);
+        updated = step("provision: apt-get update", update);
+    });
+    updated?;
     let mut install = Command::new("apt-get");
     install
-        .args(["install", "-y", "-qq", "chromium", "chromium-driver"])
+        .args(["install", "-y", "-qq"])
+        .args(packages)
         .env("DEBIAN_FRONTEND", "noninteractive");
-    step(
-        "provision: apt-get install chromium chromium-driver",
-        install,
-    )
+    step(name, install)
 }
 
 /// Loads `url` in headless Chromium and returns the DOM after the page has run.
@@ -489,11 +512,13 @@ fn ci() -> Result<(), String> {
     let root = workspace_root();
     let python = provision_python(&root)?;
     let python = python.to_str().ok_or("non-UTF-8 path")?;
-    // Keep the broker alive for the whole run; it stops when `_broker` is dropped.
+    // Keep the broker and the database alive for the whole run; they stop when dropped.
     let (_broker, brokers) = brokers_for_run(&root)?;
+    let (_database, database) = postgres::for_run(&root)?;
     let services: &[(&str, &str)] = &[
         ("EMISSIONS_PYTHONPATH", python),
         ("EMISSIONS_REQUIRE_SERVICES", "1"),
+        (postgres::DATABASE_VAR, &database),
         (BROKERS_VAR, &brokers),
     ];
     let steps: &[Step] = &[
@@ -551,7 +576,7 @@ fn ci() -> Result<(), String> {
                 "--bin",
                 "kafka",
             ],
-            &services[2..],
+            &services[3..],
         ),
         (
             "the quickstart example",

@@ -1,0 +1,331 @@
+//! The outbox on a real PostgreSQL (`EMISSIONS_DATABASE_URL`; `cargo xtask ci` starts one):
+//! the caller's transaction, `NOTIFY` wake-ups, and several instances sharing one store —
+//! claims never shared, each key one delivery at a time across the cluster, a dead instance's
+//! leases taken over, and a late acknowledgement fenced off.
+#![cfg(feature = "postgres")]
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use emissions_core::{Adapter, BatchError, Emissions, Event, async_trait};
+use emissions_outbox::{CommitIn, DurableCommit, Outbox, OutboxConfig};
+use serde_json::json;
+use sqlx::PgPool;
+use support::options;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A fresh database on the test server, or `None` offline (a failure under `cargo xtask ci`).
+async fn database() -> Option<PgPool> {
+    let url = match std::env::var("EMISSIONS_DATABASE_URL") {
+        Ok(url) => url,
+        Err(_) if std::env::var("EMISSIONS_REQUIRE_SERVICES").is_ok() => {
+            panic!("EMISSIONS_DATABASE_URL is not set: `cargo xtask ci` starts PostgreSQL")
+        }
+        Err(_) => return None,
+    };
+    let admin = PgPool::connect(&url).await.expect("connect to PostgreSQL");
+    let name = format!("outbox_{:016x}", fastrand::u64(..));
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let (base, _) = url.rsplit_once('/').unwrap();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(20)
+        .connect(&format!("{base}/{name}"))
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE orders (id BIGSERIAL PRIMARY KEY, item TEXT NOT NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    Some(pool)
+}
+
+fn config(pool: &PgPool) -> OutboxConfig {
+    OutboxConfig::postgres_pool(pool.clone())
+        .poll_interval(Duration::from_secs(5))
+        .purge_interval(Duration::from_secs(3600))
+}
+
+async fn drained(outbox: &Outbox) {
+    tokio::time::timeout(WAIT, outbox.drained())
+        .await
+        .expect("the outbox drains")
+        .unwrap();
+}
+
+/// Records deliveries, and how many deliveries of one key were in progress at once.
+#[derive(Clone, Default)]
+struct Receiver {
+    delivered: Arc<Mutex<Vec<(String, u64, uuid::Uuid)>>>,
+    in_progress: Arc<Mutex<HashMap<String, usize>>>,
+    overlaps: Arc<Mutex<Vec<String>>>,
+}
+
+struct Recording {
+    instance: String,
+    receiver: Receiver,
+    /// Holds each delivery a moment, so that overlapping ones would be seen.
+    hold: Duration,
+    /// Never returns (a dead instance).
+    stalled: Arc<AtomicBool>,
+}
+
+#[async_trait]
+impl Adapter for Recording {
+    async fn handle_events(&mut self, events: &[Event]) -> Result<(), BatchError> {
+        if self.stalled.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        let keys: Vec<String> = events
+            .iter()
+            .map(|e| e.payload_json()["key"].as_str().unwrap_or("").to_owned())
+            .collect();
+        {
+            let mut in_progress = self.receiver.in_progress.lock().unwrap();
+            for key in keys.iter().filter(|k| !k.is_empty()) {
+                let n = in_progress.entry(key.clone()).or_default();
+                *n += 1;
+                if *n > 1 {
+                    self.receiver.overlaps.lock().unwrap().push(key.clone());
+                }
+            }
+        }
+        tokio::time::sleep(self.hold).await;
+        let mut delivered = self.receiver.delivered.lock().unwrap();
+        let mut in_progress = self.receiver.in_progress.lock().unwrap();
+        for (event, key) in events.iter().zip(&keys) {
+            delivered.push((
+                self.instance.clone(),
+                event.payload_json()["n"].as_u64().unwrap(),
+                event.id(),
+            ));
+            if let Some(n) = in_progress.get_mut(key) {
+                *n -= 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn instance(
+    pool: &PgPool,
+    name: &str,
+    receiver: &Receiver,
+    config: OutboxConfig,
+) -> (Emissions, Outbox, Arc<AtomicBool>) {
+    let outbox = config.build().await.unwrap();
+    let stalled = Arc::new(AtomicBool::new(false));
+    let adapter = Recording {
+        instance: name.to_owned(),
+        receiver: receiver.clone(),
+        hold: Duration::from_millis(5),
+        stalled: stalled.clone(),
+    };
+    let keyed = options(support::quick_retries(5))
+        .max_demand(10)
+        .ordered_by(|e| {
+            e.payload_json()["key"]
+                .as_str()
+                .filter(|k| !k.is_empty())
+                .map(str::to_owned)
+        });
+    let emissions = Emissions::builder()
+        .adapter_with("hook", adapter, keyed)
+        .extension(outbox.clone())
+        .start()
+        .await
+        .unwrap();
+    let _ = pool;
+    (emissions, outbox, stalled)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_callers_transaction_decides_and_notify_wakes_the_relay() {
+    let Some(pool) = database().await else { return };
+    let receiver = Receiver::default();
+    // A long poll: only NOTIFY can make this fast.
+    let (emissions, outbox, _) = instance(
+        &pool,
+        "a",
+        &receiver,
+        config(&pool).poll_interval(Duration::from_secs(30)),
+    )
+    .await;
+
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO orders (item) VALUES ('widget')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let buffer = emissions.start();
+    buffer
+        .emit("order_created", &json!({"n": 1, "key": "o1"}))
+        .unwrap();
+    buffer.commit_in(&mut tx).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let mut rolled_back = pool.begin().await.unwrap();
+    let buffer = emissions.start();
+    buffer
+        .emit("order_created", &json!({"n": 2, "key": "o2"}))
+        .unwrap();
+    buffer.commit_in(&mut rolled_back).await.unwrap();
+    rolled_back.rollback().await.unwrap();
+
+    let started = std::time::Instant::now();
+    drained(&outbox).await;
+    emissions.settled().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "woken by NOTIFY, not the 30 s poll"
+    );
+    let delivered: Vec<u64> = receiver
+        .delivered
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|d| d.1)
+        .collect();
+    assert_eq!(delivered, [1]);
+    emissions.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_share_one_store_each_key_in_order_one_at_a_time() {
+    let Some(pool) = database().await else { return };
+    let receiver = Receiver::default();
+    let mut instances = Vec::new();
+    for name in ["a", "b", "c"] {
+        // A small claim size and in-flight cap, so that no instance can take everything.
+        let config = config(&pool)
+            .poll_interval(Duration::from_millis(20))
+            .batch_size(5)
+            .max_in_flight(10);
+        instances.push(instance(&pool, name, &receiver, config).await);
+    }
+    // 300 events, committed at once so that the three relays compete for them: the even ones
+    // over 10 keys (ordered), the odd ones unkeyed (any instance, any order, never twice).
+    let buffer = instances[0].0.start();
+    for n in 0..300u64 {
+        let key = if n % 2 == 0 {
+            format!("k{}", n % 10)
+        } else {
+            String::new()
+        };
+        buffer.emit("e", &json!({"n": n, "key": key})).unwrap();
+    }
+    buffer.commit_durably().await.unwrap();
+    for (_, outbox, _) in &instances {
+        drained(outbox).await;
+    }
+    let delivered = receiver.delivered.lock().unwrap().clone();
+    let mut seen = std::collections::HashSet::new();
+    for (_, n, _) in &delivered {
+        assert!(seen.insert(*n), "event {n} delivered twice");
+    }
+    assert_eq!(seen.len(), 300);
+    // Per key, in commit order.
+    for key in (0..10u64).step_by(2) {
+        let order: Vec<u64> = delivered
+            .iter()
+            .map(|d| d.1)
+            .filter(|n| n % 2 == 0 && n % 10 == key)
+            .collect();
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert_eq!(order, sorted, "key k{key} out of order");
+    }
+    assert!(
+        receiver.overlaps.lock().unwrap().is_empty(),
+        "a key had two deliveries in flight at once"
+    );
+    let by_instance: std::collections::HashSet<&str> =
+        delivered.iter().map(|d| d.0.as_str()).collect();
+    assert!(
+        by_instance.len() > 1,
+        "every instance should have taken a share: {by_instance:?}"
+    );
+    for (emissions, _, _) in instances {
+        let report = emissions.shutdown(Duration::from_secs(5)).await;
+        assert!(report.is_balanced());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_instances_leases_are_taken_over_and_its_late_outcomes_fenced_off() {
+    let Some(pool) = database().await else { return };
+    let receiver = Receiver::default();
+    let lease = Duration::from_secs(2);
+    // Delivered rows are kept, so that a late write over them would show.
+    let config = |pool: &PgPool| {
+        config(pool)
+            .lease(lease)
+            .poll_interval(Duration::from_millis(100))
+            .retention(emissions_outbox::Retention::Archive(Duration::from_secs(
+                3600,
+            )))
+    };
+    // Instance A claims everything, then "dies": its deliveries never return.
+    let (a, a_outbox, a_stalled) = instance(&pool, "a", &receiver, config(&pool)).await;
+    a_stalled.store(true, Ordering::SeqCst);
+    let buffer = a.start();
+    for n in 0..20u64 {
+        buffer
+            .emit("e", &json!({"n": n, "key": format!("k{}", n % 4)}))
+            .unwrap();
+    }
+    buffer.commit_durably().await.unwrap();
+    tokio::time::timeout(WAIT, async {
+        while a_outbox
+            .stats()
+            .await
+            .unwrap()
+            .first()
+            .is_none_or(|s| s.in_flight == 0)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+
+    // Instance B takes the expired leases over and delivers every event.
+    let (b, b_outbox, _) = instance(&pool, "b", &receiver, config(&pool)).await;
+    drained(&b_outbox).await;
+    let delivered: Vec<u64> = receiver
+        .delivered
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|d| d.1)
+        .collect();
+    let mut sorted = delivered.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted, (0..20).collect::<Vec<_>>());
+    assert!(b_outbox.redeliveries() > 0, "takeovers are counted");
+
+    // A's late outcomes: its shutdown reports its stalled deliveries dropped — fenced off,
+    // they change nothing B recorded, and nothing is delivered again.
+    let report = a.shutdown(Duration::from_millis(300)).await;
+    assert!(report.is_balanced());
+    let count = receiver.delivered.lock().unwrap().len();
+    b_outbox.wake();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rows = b_outbox.deliveries(None, None, 100).await.unwrap();
+    assert_eq!(rows.len(), 20);
+    assert!(rows.iter().all(|r| r.state == "delivered"), "{rows:?}");
+    assert_eq!(
+        receiver.delivered.lock().unwrap().len(),
+        count,
+        "nothing delivered again"
+    );
+    b.shutdown(Duration::from_secs(5)).await;
+}
