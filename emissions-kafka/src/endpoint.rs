@@ -253,6 +253,27 @@ impl KafkaEndpoint {
         self
     }
 
+    /// Keeps each key's records in order across crashes and restarts with the durable outbox
+    /// (`emissions-outbox`): at most one record of a key is in flight at a time, and one that is
+    /// retried holds back only the later records of its key. Use the same key as the message
+    /// key. In memory this is not needed — librdkafka keeps each partition's order itself — and
+    /// it costs throughput on a hot key (one record of it per round trip). Defaults to none.
+    ///
+    /// ```
+    /// let k = emissions_kafka::KafkaEndpoint::new("k", "127.0.0.1:9092")
+    ///     .topic("orders")
+    ///     .key_from_payload("/customer")
+    ///     .ordered_by(|e| e.payload_json()["customer"].as_str().map(str::to_owned));
+    /// # let _ = k;
+    /// ```
+    pub fn ordered_by(
+        mut self,
+        key: impl Fn(&Event) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.queue = self.queue.ordered_by(key);
+        self
+    }
+
     /// Receives events that failed, with the reason.
     ///
     /// See [`KafkaEndpoint`].
