@@ -311,7 +311,11 @@ fn verify(receiver: &Receiver, committed: &HashMap<String, (i64, String)>, run: 
     );
     let received = receiver.received.lock().unwrap();
     assert_eq!(received.bad_signatures, 0);
-    let webhook_duplicates = check("webhook", committed, &[received.deliveries.clone()]);
+    let webhook_duplicates = check(
+        "webhook",
+        committed,
+        std::slice::from_ref(&received.deliveries),
+    );
     assert!(
         received.overlaps.is_empty(),
         "a customer had two deliveries in flight at once: {:?}",
