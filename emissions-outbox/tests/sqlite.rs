@@ -9,6 +9,8 @@ use std::time::Duration;
 use emissions_core::{BufferState, Emissions, Error as CoreError};
 use emissions_outbox::{CommitIn, DurableCommit, Error, Migrations, Replay, Retention};
 use emissions_testing::TestAdapter;
+use emissions_testing::assert_outbox;
+use emissions_testing::outbox::{OutboxCounts, expect_counts, expect_drained};
 use serde_json::json;
 use support::{Answer, Db, Scripted, options, quick_retries, start};
 
@@ -136,6 +138,26 @@ async fn retries_are_rows_failed_and_abandoned_are_distinct_and_replay_requeues(
     );
     let stats = &outbox.stats().await.unwrap()[0];
     assert_eq!((stats.pending, stats.failed, stats.abandoned), (0, 1, 1));
+    // The same through the testing crate's assertions, which also say what is wrong.
+    expect_drained(&outbox).await.unwrap();
+    assert_outbox!(
+        outbox,
+        "hook",
+        pending = 0,
+        in_flight = 0,
+        failed = 1,
+        abandoned = 1
+    );
+    let wrong = OutboxCounts {
+        failed: Some(2),
+        abandoned: Some(1),
+        ..OutboxCounts::default()
+    };
+    let message = expect_counts(&outbox, "hook", wrong).await.unwrap_err();
+    assert!(
+        message.contains("failed: expected 2, found 1") && !message.contains("abandoned: expected"),
+        "{message}"
+    );
     // The engine saw every attempt: each retryable failure went back to the store (which
     // decided that event 2's fourth was the last), the permanent one failed.
     let counts = emissions.stats().adapter("hook").unwrap().counts;

@@ -71,6 +71,9 @@
 //! ```
 #![doc(test(attr(deny(warnings))))]
 
+#[cfg(feature = "outbox")]
+pub mod outbox;
+
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
