@@ -67,7 +67,7 @@
 //! tx.commit().await?;
 //! # Ok(()) }
 //! ```
-#![doc(test(attr(deny(warnings))))]
+#![doc(test(attr(deny(warnings), allow(dead_code))))]
 
 #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
 compile_error!("emissions-outbox needs a store: enable the `sqlite` or `postgres` feature");
@@ -75,6 +75,8 @@ compile_error!("emissions-outbox needs a store: enable the `sqlite` or `postgres
 mod commit;
 mod config;
 mod error;
+#[cfg(feature = "opentelemetry")]
+pub mod otel;
 mod outbox;
 mod relay;
 mod schema;

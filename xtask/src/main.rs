@@ -555,7 +555,19 @@ fn ci() -> Result<(), String> {
             &[("RUSTDOCFLAGS", "-D warnings")],
         ),
         (
-            "README main command: the webhook example",
+            "README main command: the orders example (SQLite outbox, signed webhooks)",
+            &[
+                "run",
+                "--quiet",
+                "-p",
+                "emissions-examples",
+                "--bin",
+                "orders",
+            ],
+            &[],
+        ),
+        (
+            "the webhook example (in memory)",
             &[
                 "run",
                 "--quiet",
