@@ -204,6 +204,14 @@ impl DurableLane {
         }
     }
 
+    /// Whether the adapter keeps each key's events in order (it has an
+    /// [`ordered_by`](crate::AdapterOptions::ordered_by) key function).
+    ///
+    /// See the [module docs](crate::durable).
+    pub fn is_ordered(&self) -> bool {
+        self.key.is_some()
+    }
+
     /// Hands `attempts` to the adapter's queue, waiting for room (never dropping: the store
     /// still has them). Cancel-safe: if the future is dropped while waiting, nothing was handed
     /// over. Fails with [`Error::ShutDown`] once the instance shuts down (or is gone).

@@ -147,7 +147,9 @@ impl OutboxConfig {
     }
 
     /// The longest the relay sleeps without looking at the store (the fallback when no
-    /// wake-up arrives, e.g. behind a transaction-mode pooler). Defaults to 1 second.
+    /// wake-up arrives, e.g. behind a transaction-mode pooler). It also bounds how late a
+    /// retry scheduled by another instance (or before a restart) and an expired lease are
+    /// picked up; this instance's own retries wake it on time. Defaults to 1 second.
     ///
     /// See [`OutboxConfig`].
     pub fn poll_interval(mut self, interval: Duration) -> Self {

@@ -5,14 +5,15 @@
 //! Two tasks per outbox. The **relay** loops: for each destination with room (fewer than
 //! `max_in_flight` deliveries claimed and not yet acknowledged), claim up to `batch_size` due
 //! deliveries in a short transaction of its own, read their events, submit them; when nothing
-//! is due, sleep until the next delivery or lease comes due, a commit wakes it (in-process, or
-//! PostgreSQL `NOTIFY` from any instance), or the poll interval passes. The **acknowledgement
+//! is claimable, sleep until a retry it scheduled comes due, a commit wakes it (in-process, or
+//! PostgreSQL `NOTIFY` from any instance), an outcome is written, or the poll interval passes
+//! (which finds retries scheduled elsewhere and expired leases). The **acknowledgement
 //! writer** takes the outcomes the engine reports (on its consumers' tasks, through an
 //! [`AttemptSink`]) and applies them in batched transactions, each only where the fence still
 //! matches. No database transaction is ever open while a delivery is in progress.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,6 +33,7 @@ const ACK_BATCH: usize = 500;
 #[derive(Clone, Copy, Debug)]
 struct Claim {
     destination: usize,
+    event_seq: i64,
     fence: i64,
     first_attempt_at_ms: Option<i64>,
 }
@@ -43,6 +45,10 @@ struct Shared {
     in_flight: Vec<AtomicUsize>,
     /// Outcomes reported and not yet written.
     unwritten: AtomicUsize,
+    /// The earliest retry this instance scheduled and has not claimed since (ms; `i64::MAX`
+    /// for none): when the relay next has something to do. Retries scheduled elsewhere, or
+    /// before a restart, and expired leases are found by the poll.
+    next_retry_ms: AtomicI64,
     written: Notify,
 }
 
@@ -111,6 +117,7 @@ pub(crate) fn start(inner: Arc<Inner>, emissions: &Emissions) -> RelayHandle {
             .map(|_| AtomicUsize::new(0))
             .collect(),
         unwritten: AtomicUsize::new(0),
+        next_retry_ms: AtomicI64::new(i64::MAX),
         written: Notify::new(),
     });
     let (tx, rx) = mpsc::unbounded_channel();
@@ -134,6 +141,11 @@ async fn relay(inner: Arc<Inner>, shared: Arc<Shared>, sink: Arc<dyn AttemptSink
     let mut listener = listen(&inner).await;
     let mut last_purge = Instant::now();
     let mut failing_since: Option<Instant> = None;
+    // Destinations whose last claim found fewer deliveries than it asked for: nothing more
+    // can be due for them until something happens (a commit, an outcome, a retry or lease
+    // coming due, the poll), so they are not asked again before the relay is woken. This
+    // keeps a backlog that is blocked behind its keys from being scanned back to back.
+    let mut exhausted = vec![false; inner.destinations().len()];
     loop {
         if inner.stop.is_cancelled() {
             return;
@@ -143,14 +155,23 @@ async fn relay(inner: Arc<Inner>, shared: Arc<Shared>, sink: Arc<dyn AttemptSink
         for (index, destination) in inner.destinations().iter().enumerate() {
             let held = shared.in_flight[index].load(Ordering::Acquire);
             let room = config.max_in_flight.saturating_sub(held);
-            if room == 0 {
+            if room == 0 || exhausted[index] {
                 continue;
             }
             let lane = &destination.lane;
             let limit = room.min(config.batch_size);
             let claims = match inner
                 .store
-                .claim(lane.adapter(), limit, &inner.owner, config.lease)
+                .claim(
+                    lane.adapter(),
+                    lane.is_ordered(),
+                    limit,
+                    // The oldest deliveries include those in flight here (leased ones stay
+                    // pending): look past them.
+                    config.max_in_flight + 4 * config.batch_size,
+                    &inner.owner,
+                    config.lease,
+                )
                 .await
             {
                 Ok(claims) => claims,
@@ -162,6 +183,7 @@ async fn relay(inner: Arc<Inner>, shared: Arc<Shared>, sink: Arc<dyn AttemptSink
                     break;
                 }
             };
+            exhausted[index] = claims.len() < limit;
             if claims.is_empty() {
                 continue;
             }
@@ -187,16 +209,11 @@ async fn relay(inner: Arc<Inner>, shared: Arc<Shared>, sink: Arc<dyn AttemptSink
                 tracing::warn!(target: "emissions::outbox", error = %err, "cleanup failed");
             }
         }
-        // Nothing due now: sleep until something comes due, a commit wakes us, or the poll.
-        let wait = match inner.store.next_wake_ms().await {
-            Ok(Some(at)) if at > now_ms() => {
-                Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0))
-                    .min(config.poll_interval)
-            }
-            // Due already but not claimable here (behind another instance's claim of its
-            // key, or for a destination this instance does not serve): wait for news.
-            _ => config.poll_interval,
-        };
+        // Nothing to claim now: sleep until a retry of ours comes due, a commit or an outcome
+        // wakes us, or the poll.
+        let next_retry = shared.next_retry_ms.load(Ordering::Acquire);
+        let until_retry = u64::try_from(next_retry.saturating_sub(now_ms())).unwrap_or(0);
+        let wait = Duration::from_millis(until_retry).min(config.poll_interval);
         #[cfg(feature = "postgres")]
         {
             let notified = async {
@@ -221,6 +238,16 @@ async fn relay(inner: Arc<Inner>, shared: Arc<Shared>, sink: Arc<dyn AttemptSink
             () = inner.stop.cancelled() => return,
             () = inner.wake.notified() => {}
             () = tokio::time::sleep(wait) => {}
+        }
+        exhausted.fill(false);
+        if next_retry <= now_ms() {
+            // Due: the claims that follow take it (and any retry scheduled since stays).
+            let _ = shared.next_retry_ms.compare_exchange(
+                next_retry,
+                i64::MAX,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
         }
     }
 }
@@ -257,14 +284,14 @@ async fn listen(inner: &Inner) -> Option<sqlx::postgres::PgListener> {
     }
 }
 
-/// Reads the claimed deliveries' events and hands them to the destination's lane. Returns
+/// Hands the claimed deliveries' events to the destination's lane. Returns
 /// false once the instance is shutting down.
 async fn submit(
     inner: &Inner,
     shared: &Shared,
     sink: &Arc<dyn AttemptSink>,
     destination: usize,
-    claims: Vec<Claimed>,
+    mut claims: Vec<Claimed>,
 ) -> bool {
     let takeovers = claims.iter().filter(|c| c.redelivery).count() as u64;
     if takeovers > 0 {
@@ -279,39 +306,27 @@ async fn submit(
                 claim.id,
                 Claim {
                     destination,
+                    event_seq: claim.event_seq,
                     fence: claim.fence,
                     first_attempt_at_ms: claim.first_attempt_at_ms,
                 },
             );
         }
     }
-    let seqs: Vec<i64> = claims.iter().map(|c| c.event_seq).collect();
-    let mut events = match inner.store.events(&seqs).await {
-        Ok(events) => events,
-        Err(err) => {
-            // Leave them claimed: they are released at shutdown or when the lease expires.
-            tracing::error!(target: "emissions::outbox", error = %err, "reading claimed events failed");
-            forget(shared, &claims);
-            return true;
-        }
-    };
     let mut attempts = Vec::with_capacity(claims.len());
-    for claim in &claims {
-        match events.remove(&claim.event_seq) {
-            Some(Ok(event)) => attempts.push(Attempt::new(
-                u64::try_from(claim.id).unwrap_or_default(),
-                event,
-                claim.attempts,
-            )),
+    for claim in &mut claims {
+        let id = u64::try_from(claim.id).unwrap_or_default();
+        match claim.event.take() {
+            Some(Ok(event)) => attempts.push(Attempt::new(id, event, claim.attempts)),
             Some(Err(reason)) => sink.outcome(
-                u64::try_from(claim.id).unwrap_or_default(),
+                id,
                 claim.attempts,
                 &AttemptOutcome::Failed {
                     error: format!("the stored event cannot be read back: {reason}"),
                 },
             ),
             None => sink.outcome(
-                u64::try_from(claim.id).unwrap_or_default(),
+                id,
                 claim.attempts,
                 &AttemptOutcome::Failed {
                     error: "the stored event is missing".to_owned(),
@@ -396,10 +411,11 @@ fn acknowledgements(
                     let since_first =
                         Duration::from_millis(u64::try_from(now - first).unwrap_or(0));
                     match policy.next_delay(attempts, since_first, retry_after) {
-                        Some(delay) => AckKind::Retry {
-                            next_at_ms: now.saturating_add(crate::store::duration_ms(delay)),
-                            error,
-                        },
+                        Some(delay) => {
+                            let next_at_ms = now.saturating_add(crate::store::duration_ms(delay));
+                            shared.next_retry_ms.fetch_min(next_at_ms, Ordering::AcqRel);
+                            AckKind::Retry { next_at_ms, error }
+                        }
                         None => AckKind::GiveUp {
                             state: "failed",
                             error,
@@ -414,6 +430,7 @@ fn acknowledgements(
             };
             Some(Ack {
                 id,
+                event_seq: claim.event_seq,
                 fence: claim.fence,
                 attempts,
                 first_attempt_at_ms: first,

@@ -65,7 +65,7 @@ pub(crate) struct NewDelivery {
 }
 
 /// A delivery claimed by this instance.
-#[derive(Clone, Copy, Debug)]
+#[derive(Debug)]
 pub(crate) struct Claimed {
     pub(crate) id: i64,
     pub(crate) event_seq: i64,
@@ -75,6 +75,32 @@ pub(crate) struct Claimed {
     /// Taken over from an expired lease: the previous attempt may have reached the
     /// destination, so this one may be a duplicate.
     pub(crate) redelivery: bool,
+    /// The event, read in the same statement or transaction as the claim: `None` if its row
+    /// is missing, `Err` if it cannot be read back.
+    pub(crate) event: Option<Result<Event, String>>,
+}
+
+/// Where one step of a claim looks (see [`Store::claim`]).
+#[derive(Clone, Copy)]
+enum ClaimStep {
+    Oldest,
+    Heads,
+    Unordered,
+}
+
+/// The parameters every claim statement takes.
+struct ClaimParams<'a> {
+    owner: &'a str,
+    lease_until: i64,
+    now: i64,
+    destination: &'a str,
+    wanted: i64,
+}
+
+/// A JSON array of numbers (SQLite reads it with `json_each`).
+#[cfg(feature = "sqlite")]
+fn json_array(values: &[i64]) -> String {
+    serde_json::to_string(values).unwrap_or_default()
 }
 
 /// What to write for one attempt's outcome (applied only if the fence still matches).
@@ -93,6 +119,7 @@ pub(crate) enum AckKind {
 #[derive(Debug)]
 pub(crate) struct Ack {
     pub(crate) id: i64,
+    pub(crate) event_seq: i64,
     pub(crate) fence: i64,
     pub(crate) attempts: u32,
     /// When the first attempt was made, if this was it.
@@ -110,7 +137,7 @@ pub(crate) struct Ack {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Retention {
-    /// Delete a delivery once done, and an event once all its deliveries are (the default).
+    /// Delete a delivery once done, and an event with its last delivery (the default).
     #[default]
     Delete,
     /// Keep delivered deliveries (state `delivered`, replayable) for this long, then delete.
@@ -366,19 +393,22 @@ pub(crate) async fn insert_postgres(
     Ok(())
 }
 
-fn event_from_row<R: Row>(row: &R) -> Result<(i64, Result<Event, String>), sqlx::Error>
+/// The event in columns `at..at + 5` of `row` (id, name, payload, metadata, emit time);
+/// `None` when the id is NULL (no event row joined).
+fn event_at<R: Row>(row: &R, at: usize) -> Result<Option<Result<Event, String>>, sqlx::Error>
 where
     usize: sqlx::ColumnIndex<R>,
     i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     Vec<u8>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
-    let seq: i64 = row.try_get(0)?;
-    let id: String = row.try_get(1)?;
-    let name: String = row.try_get(2)?;
-    let payload: Vec<u8> = row.try_get(3)?;
-    let metadata: String = row.try_get(4)?;
-    let emitted_at_us: i64 = row.try_get(5)?;
+    let Some(id): Option<String> = row.try_get(at)? else {
+        return Ok(None);
+    };
+    let name: String = row.try_get(at + 1)?;
+    let payload: Vec<u8> = row.try_get(at + 2)?;
+    let metadata: String = row.try_get(at + 3)?;
+    let emitted_at_us: i64 = row.try_get(at + 4)?;
     let restored = (|| {
         let id = uuid::Uuid::parse_str(&id).map_err(|e| format!("bad event id `{id}`: {e}"))?;
         let metadata: Metadata =
@@ -387,7 +417,25 @@ where
             UNIX_EPOCH + Duration::from_micros(u64::try_from(emitted_at_us).unwrap_or(0));
         Event::restore(id, name, payload, metadata, emitted_at).map_err(|e| e.to_string())
     })();
-    Ok((seq, restored))
+    Ok(Some(restored))
+}
+
+/// A claimed delivery from the first six columns of a claim's row (its event not yet read).
+fn claimed_from_row<R: Row>(row: &R) -> Result<Claimed, sqlx::Error>
+where
+    usize: sqlx::ColumnIndex<R>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let takeover: i64 = row.try_get(5)?;
+    Ok(Claimed {
+        id: row.try_get(0)?,
+        event_seq: row.try_get(1)?,
+        attempts: u32::try_from(row.try_get::<i64, _>(2)?).unwrap_or(u32::MAX),
+        fence: row.try_get(3)?,
+        first_attempt_at_ms: row.try_get(4)?,
+        redelivery: takeover > 0,
+        event: None,
+    })
 }
 
 impl Store {
@@ -491,86 +539,160 @@ impl Store {
         Ok(())
     }
 
-    /// Claims up to `limit` due deliveries of `destination` for `owner` until `lease_until`.
+    /// Claims up to `limit` due deliveries of `destination` for `owner` until `lease_until`,
+    /// with their events, in up to three steps, each bounded by an index:
+    ///
+    /// - an ordered destination looks at its `window` oldest pending deliveries, then (unless
+    ///   that window held every pending delivery, or it found enough) at each key's first
+    ///   pending delivery (the oldest are held back behind their keys or waiting for a
+    ///   retry), then at the unordered ones longest due;
+    /// - an unordered destination looks at the deliveries longest due, then, when none was
+    ///   left, at key heads (left from when it was ordered).
+    ///
+    /// Which ids to look at is read first, without a lock; each claim then re-checks every
+    /// condition on the rows themselves. On SQLite a claim is one short `BEGIN IMMEDIATE`
+    /// transaction (it reads the newest commits, and holds the write lock only for the
+    /// update); on PostgreSQL one statement, which also returns the events.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn claim(
         &self,
         destination: &str,
+        ordered: bool,
         limit: usize,
+        window: usize,
         owner: &str,
         lease: Duration,
     ) -> Result<Vec<Claimed>, Error> {
+        let steps: &[ClaimStep] = if ordered {
+            &[ClaimStep::Oldest, ClaimStep::Heads, ClaimStep::Unordered]
+        } else {
+            &[ClaimStep::Unordered, ClaimStep::Heads]
+        };
         let now = now_ms();
         let lease_until = now.saturating_add(duration_ms(lease));
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = on_store!(self, |pool, q| {
-            #[cfg(feature = "sqlite")]
-            let sqlite = matches!(self, Store::Sqlite(_));
-            #[cfg(not(feature = "sqlite"))]
-            let sqlite = false;
-            // SQLite: take the write lock first, so that the claim reads the newest commits.
-            let mut tx = if sqlite {
-                pool.begin_with("BEGIN IMMEDIATE").await?
-            } else {
-                pool.begin().await?
+        let window = i64::try_from(window).unwrap_or(i64::MAX);
+        let mut claims: Vec<Claimed> = Vec::new();
+        for step in steps {
+            let wanted = limit - claims.len() as i64;
+            if wanted <= 0 {
+                break;
+            }
+            if matches!(step, ClaimStep::Heads) && !ordered && !claims.is_empty() {
+                // An unordered destination has key heads only if it was ordered before:
+                // looked for once its unordered deliveries are all claimed.
+                break;
+            }
+            let ids: Option<Vec<i64>> = match step {
+                ClaimStep::Oldest => Some(on_store!(self, |pool, q| sqlx::query_scalar(q::OLDEST)
+                    .bind(destination)
+                    .bind(window)
+                    .fetch_all(pool)
+                    .await?)),
+                ClaimStep::Heads => Some(on_store!(self, |pool, q| sqlx::query_scalar(q::HEADS)
+                    .bind(destination)
+                    .fetch_all(pool)
+                    .await?)),
+                ClaimStep::Unordered => None,
             };
-            let rows = sqlx::query(q::CLAIM)
-                .bind(owner)
-                .bind(lease_until)
-                .bind(now)
-                .bind(destination)
-                .bind(limit)
-                .fetch_all(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            rows.iter()
-                .map(|row| {
-                    let takeover: i64 = row.try_get(5)?;
-                    Ok(Claimed {
-                        id: row.try_get(0)?,
-                        event_seq: row.try_get(1)?,
-                        attempts: u32::try_from(row.try_get::<i64, _>(2)?).unwrap_or(u32::MAX),
-                        fence: row.try_get(3)?,
-                        first_attempt_at_ms: row.try_get(4)?,
-                        redelivery: takeover > 0,
-                    })
-                })
-                .collect::<Result<Vec<Claimed>, sqlx::Error>>()?
-        });
-        Ok(rows)
+            // Fewer than the window: every pending delivery was looked at.
+            let seen_all = matches!(step, ClaimStep::Oldest)
+                && ids.as_ref().is_some_and(|ids| (ids.len() as i64) < window);
+            if ids.as_ref().is_none_or(|ids| !ids.is_empty()) {
+                let params = ClaimParams {
+                    owner,
+                    lease_until,
+                    now,
+                    destination,
+                    wanted,
+                };
+                claims.extend(self.claim_among(&params, ids).await?);
+            }
+            if seen_all {
+                break;
+            }
+        }
+        #[cfg(feature = "sqlite")]
+        if let Store::Sqlite(pool) = self {
+            // Stored events never change: read them after the claim, without a lock.
+            if !claims.is_empty() {
+                let seqs: Vec<i64> = claims.iter().map(|c| c.event_seq).collect();
+                let mut events = HashMap::with_capacity(claims.len());
+                for row in sqlx::query(sql::sqlite::EVENTS_BY_SEQ)
+                    .bind(json_array(&seqs))
+                    .fetch_all(pool)
+                    .await?
+                {
+                    events.insert(row.try_get::<i64, _>(0)?, event_at(&row, 1)?);
+                }
+                for claim in &mut claims {
+                    claim.event = events.remove(&claim.event_seq).flatten();
+                }
+            }
+        }
+        claims.sort_by_key(|c| c.event_seq);
+        Ok(claims)
     }
 
-    /// The events with these sequence numbers; an event that cannot be read back is `Err`.
-    pub(crate) async fn events(
+    /// One claim: among `ids` (`CLAIM_AMONG`), or the unordered deliveries longest due
+    /// (`CLAIM_UNORDERED`).
+    async fn claim_among(
         &self,
-        seqs: &[i64],
-    ) -> Result<HashMap<i64, Result<Event, String>>, Error> {
-        let mut events = HashMap::with_capacity(seqs.len());
-        if seqs.is_empty() {
-            return Ok(events);
+        params: &ClaimParams<'_>,
+        ids: Option<Vec<i64>>,
+    ) -> Result<Vec<Claimed>, Error> {
+        macro_rules! query {
+            ($q:ident) => {
+                sqlx::query(if ids.is_some() {
+                    $q::CLAIM_AMONG
+                } else {
+                    $q::CLAIM_UNORDERED
+                })
+                .bind(params.owner)
+                .bind(params.lease_until)
+                .bind(params.now)
+                .bind(params.destination)
+                .bind(params.wanted)
+            };
         }
-        let rows = match self {
+        Ok(match self {
             #[cfg(feature = "sqlite")]
             Store::Sqlite(pool) => {
-                let list: Vec<String> = seqs.iter().map(i64::to_string).collect();
-                let sql = format!("{}({})", sql::sqlite::EVENTS_BY_SEQ, list.join(","));
-                let rows = sqlx::query(&sql).fetch_all(pool).await?;
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                use sql::sqlite;
+                let query = query!(sqlite);
+                let query = match &ids {
+                    Some(ids) => query.bind(json_array(ids)),
+                    None => query,
+                };
+                let rows = query.fetch_all(&mut *tx).await?;
+                tx.commit().await?;
                 rows.iter()
-                    .map(event_from_row)
+                    .map(claimed_from_row)
                     .collect::<Result<Vec<_>, _>>()?
             }
             #[cfg(feature = "postgres")]
             Store::Postgres(pool) => {
-                let rows = sqlx::query(sql::postgres::EVENTS_BY_SEQ)
-                    .bind(seqs)
+                use sql::postgres;
+                let query = query!(postgres);
+                let query = match ids {
+                    // Planned for these ids every time: a plan cached for any ids may test
+                    // every pending delivery instead of looking these up.
+                    Some(ids) => query.bind(ids).persistent(false),
+                    None => query,
+                };
+                query
                     .fetch_all(pool)
-                    .await?;
-                rows.iter()
-                    .map(event_from_row)
-                    .collect::<Result<Vec<_>, _>>()?
+                    .await?
+                    .iter()
+                    .map(|row| {
+                        let mut claim = claimed_from_row(row)?;
+                        claim.event = event_at(row, 6)?;
+                        Ok(claim)
+                    })
+                    .collect::<Result<Vec<_>, sqlx::Error>>()?
             }
-        };
-        events.extend(rows);
-        Ok(events)
+        })
     }
 
     /// Applies outcomes in one transaction; each only if its fence still matches (a late
@@ -589,6 +711,7 @@ impl Store {
             .filter(|a| matches!(a.kind, AckKind::Done))
             .collect();
         // Every outcome but "done" is one UPDATE; "done" is one statement for the batch.
+        let only_deletes = done.len() == acks.len() && matches!(retention, Retention::Delete);
         macro_rules! apply {
             ($tx:expr, $q:ident, $delete_done:expr) => {{
                 if !done.is_empty() {
@@ -635,35 +758,44 @@ impl Store {
             #[cfg(feature = "sqlite")]
             Store::Sqlite(pool) => {
                 use sql::sqlite;
+                let sql = format!(
+                    "{}{})",
+                    sqlite::DONE_DELETE,
+                    placeholders(done.len(), 2, false)
+                );
+                let seqs: Vec<i64> = done.iter().map(|a| a.event_seq).collect();
+                let seqs = json_array(&seqs);
                 let mut tx = pool.begin().await?;
                 apply!(tx, sqlite, {
-                    let sql = format!(
-                        "{}{})",
-                        sqlite::DONE_DELETE,
-                        placeholders(done.len(), 2, false)
-                    );
                     let mut query = sqlx::query(&sql);
                     for ack in &done {
                         query = query.bind(ack.id).bind(ack.fence);
                     }
                     query.execute(&mut *tx).await?;
+                    // Their events, once no delivery of theirs is left.
+                    sqlx::query(sqlite::EVENTS_DONE)
+                        .bind(&seqs)
+                        .execute(&mut *tx)
+                        .await?;
                 });
                 tx.commit().await?;
             }
             #[cfg(feature = "postgres")]
             Store::Postgres(pool) => {
                 use sql::postgres;
-                let mut tx = pool.begin().await?;
-                apply!(tx, postgres, {
-                    let ids: Vec<i64> = done.iter().map(|a| a.id).collect();
-                    let fences: Vec<i64> = done.iter().map(|a| a.fence).collect();
-                    sqlx::query(postgres::DONE_DELETE)
-                        .bind(ids)
-                        .bind(fences)
-                        .execute(&mut *tx)
-                        .await?;
-                });
-                tx.commit().await?;
+                let ids: Vec<i64> = done.iter().map(|a| a.id).collect();
+                let fences: Vec<i64> = done.iter().map(|a| a.fence).collect();
+                let delete_done = sqlx::query(postgres::DONE_DELETE).bind(&ids).bind(&fences);
+                if only_deletes {
+                    // One statement: its own transaction.
+                    delete_done.execute(pool).await?;
+                } else {
+                    let mut tx = pool.begin().await?;
+                    apply!(tx, postgres, {
+                        delete_done.execute(&mut *tx).await?;
+                    });
+                    tx.commit().await?;
+                }
             }
         }
         Ok(())
@@ -681,21 +813,6 @@ impl Store {
                 .rows_affected()
         });
         Ok(done)
-    }
-
-    /// When the next pending delivery comes due, or the next lease expires, if any.
-    pub(crate) async fn next_wake_ms(&self) -> Result<Option<i64>, Error> {
-        let (due, lease): (Option<i64>, Option<i64>) = on_store!(self, |pool, q| {
-            let due = sqlx::query_scalar(q::NEXT_DUE).fetch_one(pool).await?;
-            let lease = sqlx::query_scalar(q::NEXT_LEASE_END)
-                .fetch_one(pool)
-                .await?;
-            (due, lease)
-        });
-        Ok(match (due, lease) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        })
     }
 
     /// Per destination, how many deliveries are in each state.

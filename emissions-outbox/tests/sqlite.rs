@@ -53,9 +53,15 @@ async fn events_commit_with_the_callers_transaction_and_are_delivered() {
         .map(|e| e.name().to_owned())
         .collect();
     assert_eq!(names, ["order_created", "order_priced"]);
-    // Delivered rows are deleted; finished events go at the next cleanup.
+    // Delivered rows are deleted, and each event with its last delivery: nothing is left for
+    // the cleanup.
     assert!(outbox.deliveries(None, None, 100).await.unwrap().is_empty());
-    assert_eq!(outbox.purge().await.unwrap(), 2);
+    let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM emissions_outbox_events")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(events, 0);
+    assert_eq!(outbox.purge().await.unwrap(), 0);
     let report = emissions.shutdown(Duration::from_secs(5)).await;
     assert_eq!(report.adapter("test").unwrap().counts.delivered, 2);
     assert!(report.is_balanced());
@@ -85,11 +91,13 @@ async fn a_rolled_back_transaction_delivers_nothing_ever() {
         .map(|e| e.name().to_owned())
         .collect();
     assert_eq!(names, ["later"]);
+    // The rolled-back event was never stored; the delivered one went with its delivery.
     let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM emissions_outbox_events")
         .fetch_one(&db.pool)
         .await
         .unwrap();
-    assert_eq!(count, 1);
+    assert_eq!(count, 0);
+    assert!(outbox.stats().await.unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

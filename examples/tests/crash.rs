@@ -73,11 +73,21 @@ async fn receive(
             received.overlaps.push(customer.clone());
         }
     }
+    // Ends the delivery's time in flight when the handler returns — or is dropped because
+    // the sender went away (a killed instance): that delivery is over too.
+    struct InFlight<'a>(&'a Receiver, &'a str);
+    impl Drop for InFlight<'_> {
+        fn drop(&mut self) {
+            let mut received = self.0.received.lock().unwrap_or_else(|e| e.into_inner());
+            *received.in_flight.get_mut(self.1).unwrap() -= 1;
+        }
+    }
+    let in_flight = InFlight(&receiver, &customer);
     // Hold it a moment (so overlapping deliveries would show); now and then fail (retries).
     tokio::time::sleep(Duration::from_millis(1)).await;
     let fail = fastrand::u8(..) < 12;
+    drop(in_flight);
     let mut received = receiver.received.lock().unwrap();
-    *received.in_flight.get_mut(&customer).unwrap() -= 1;
     if fail {
         return StatusCode::SERVICE_UNAVAILABLE;
     }

@@ -457,6 +457,23 @@ fn bench() -> Result<(), String> {
             .env(BROKERS_VAR, &brokers);
         step("bench: Kafka adapter vs bare FutureProducer", kafka)?;
     }
+    {
+        // The outbox against bare sqlx: SQLite, and a throwaway PostgreSQL unless one is given.
+        let (_database, database) = postgres::for_run(&root)?;
+        let mut outbox = cargo();
+        outbox
+            .args([
+                "bench",
+                "-p",
+                "emissions-outbox",
+                "--features",
+                "postgres",
+                "--bench",
+                "outbox",
+            ])
+            .env(postgres::DATABASE_VAR, &database);
+        step("bench: outbox vs bare sqlx (SQLite, PostgreSQL)", outbox)?;
+    }
 
     let serialize = criterion_mean_ns(&root, "per_request", "serde_json_to_vec_x5")?;
     let events_only = criterion_mean_ns(&root, "per_request", "event_new_x5")?;
@@ -474,6 +491,7 @@ fn bench() -> Result<(), String> {
     let kafka = std::fs::read_to_string(results.join("kafka.md")).map_err(|e| e.to_string())?;
     let websocket =
         std::fs::read_to_string(results.join("websocket.md")).map_err(|e| e.to_string())?;
+    let outbox = std::fs::read_to_string(results.join("outbox.md")).map_err(|e| e.to_string())?;
     let tables = format!(
         "Machine: {machine}. Command: `cargo xtask bench`.\n\n\
          ### Per-request cost (criterion, mean)\n\n\
@@ -488,7 +506,8 @@ fn bench() -> Result<(), String> {
          ### Latency and memory\n\n{latency}\n\
          ### Webhook adapter vs a bare reqwest loop (same local receiver, same concurrency)\n\n{webhook}\n\
          ### Kafka adapter vs a bare `FutureProducer` (same broker, same records; block policy)\n\n{kafka}\n\
-         ### WebSocket adapter vs a bare tokio-tungstenite broadcast\n\n{websocket}",
+         ### WebSocket adapter vs a bare tokio-tungstenite broadcast\n\n{websocket}\n\
+         ### Durable outbox vs bare sqlx (same database, same rows)\n\n{outbox}",
         events_only / serialize,
         bare / serialize,
         one / serialize,
