@@ -13,14 +13,36 @@ fn outbox_of(buffer: &Buffer) -> Result<Outbox, Error> {
         .ok_or(Error::NoOutbox)
 }
 
+/// Confirms the buffer's commit, then releases the savepoint its rows were written in. In
+/// this order: once the release has been sent the rows are part of the caller's transaction
+/// whether or not this future lives to see the answer, so the buffer must already say
+/// committed. (A release that fails means the caller's transaction is broken and cannot
+/// commit: its events go with it, as with any rolled-back transaction.)
+async fn release<DB: sqlx::Database>(
+    savepoint: sqlx::Transaction<'_, DB>,
+    pending: emissions_core::PendingCommit,
+) -> Result<usize, sqlx::Error> {
+    let count = pending.confirm();
+    savepoint.commit().await?;
+    Ok(count)
+}
+
 /// Commits a buffer's events in the caller's database transaction: the events and one delivery
 /// per destination are written with the caller's own rows, so they commit — and are delivered,
 /// at least once — exactly when the transaction commits, and vanish if it rolls back.
 ///
-/// On an error (the database refused, a payload too large, no outbox attached) nothing was
-/// written and the buffer is open again with its events; so it is if the future is dropped.
-/// Once it returns `Ok`, the buffer is committed (closed): whether its events are delivered is
-/// now the transaction's to decide.
+/// The rows are written in a savepoint of `tx`. On an error (the database refused, a payload
+/// too large, no outbox attached) the savepoint is rolled back: nothing was written, `tx` can
+/// go on (and commit its own rows), and the buffer is open again with its events — so it is if
+/// the future is dropped while writing (the rollback then runs before `tx`'s next statement).
+/// Once the rows are written the buffer is committed (closed), and whether its events are
+/// delivered is the transaction's to decide — also if the future is dropped while the
+/// savepoint is being released.
+///
+/// On PostgreSQL, two transactions that write deliveries with the same ordering key write them
+/// one after the other: the second waits in `commit_in` until the first has ended (a
+/// transaction-scoped advisory lock), so that each key's deliveries keep commit order and
+/// never overlap.
 ///
 /// ```no_run
 /// use emissions_outbox::CommitIn;
@@ -50,15 +72,19 @@ impl<'c> CommitIn<sqlx::Transaction<'c, sqlx::Sqlite>> for Buffer {
         let outbox = outbox_of(self)?;
         let pending = self.begin_commit()?;
         let rows = outbox.rows(pending.events())?;
-        store::insert_sqlite(tx, &rows).await?;
         // Wake the relay when this transaction commits (and never if it rolls back). The hook
-        // stays on the connection; waking the relay more often than needed is harmless.
+        // stays on the connection; waking the relay more often than needed is harmless. Set
+        // first: nothing may be awaited between writing the rows and confirming the commit.
         let wake = outbox.inner().wake.clone();
         tx.lock_handle().await?.set_commit_hook(move || {
             wake.notify_one();
             true
         });
-        Ok(pending.confirm())
+        // In a savepoint: if this fails, or the future is dropped, what it wrote is rolled
+        // back and the caller's transaction goes on as before.
+        let mut savepoint = sqlx::Acquire::begin(&mut **tx).await?;
+        store::insert_sqlite(&mut savepoint, &rows).await?;
+        Ok(release(savepoint, pending).await?)
     }
 }
 
@@ -72,9 +98,12 @@ impl<'c> CommitIn<sqlx::Transaction<'c, sqlx::Postgres>> for Buffer {
         let outbox = outbox_of(self)?;
         let pending = self.begin_commit()?;
         let rows = outbox.rows(pending.events())?;
-        // `pg_notify` in the transaction: delivered to every instance's relay on commit.
-        store::insert_postgres(tx, &rows, &outbox.inner().config.channel).await?;
-        Ok(pending.confirm())
+        // In a savepoint: if this fails, or the future is dropped, what it wrote is rolled
+        // back and the caller's transaction goes on as before. `pg_notify` in the transaction:
+        // delivered to every instance's relay on commit.
+        let mut savepoint = sqlx::Acquire::begin(&mut **tx).await?;
+        store::insert_postgres(&mut savepoint, &rows, &outbox.inner().config.channel).await?;
+        Ok(release(savepoint, pending).await?)
     }
 }
 

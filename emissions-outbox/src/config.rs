@@ -136,9 +136,11 @@ impl OutboxConfig {
         Self::with_store(StoreSpec::PostgresPool(pool))
     }
 
-    /// How long a claimed delivery stays this instance's before another may take it over.
-    /// Longer than the slowest delivery plus its time queued; a takeover is a re-delivery.
-    /// Defaults to 5 minutes.
+    /// How long another instance waits before taking over a delivery this one claimed. The
+    /// lease is extended while a claimed delivery waits in this instance for room in its
+    /// adapter's queue; once handed to the adapter it has at least two thirds of the lease
+    /// left. Longer than the slowest attempt: a takeover is a re-delivery. Defaults to
+    /// 5 minutes.
     ///
     /// See [`OutboxConfig`].
     pub fn lease(mut self, lease: Duration) -> Self {

@@ -51,6 +51,13 @@ pub enum Error {
         "no outbox is attached to this emissions instance; attach it with EmissionsBuilder::extension"
     )]
     NoOutbox,
+    /// This `Outbox` was attached to an instance before (one that has shut down, or another
+    /// one): an outbox serves one instance for its life.
+    #[error(
+        "this Outbox was already attached to an emissions instance; build a new Outbox (from the \
+         same configuration) for each instance"
+    )]
+    AlreadyAttached,
     /// The buffer refused (closed, or a handler's own buffer).
     #[error(transparent)]
     Emissions(#[from] emissions_core::Error),

@@ -17,10 +17,15 @@
 //!   schedule.
 //! - **Per-key order**: for an adapter with `ordered_by`, each key's deliveries go one at a time
 //!   in commit order, across every instance; a retrying delivery holds back only its own key.
+//!   On PostgreSQL, two transactions writing the same key take turns (the second waits in
+//!   `commit_in` until the first ends), so that commit order and the order the relay sees are
+//!   the same. "One at a time" holds within the lease: a delivery that outlives its lease may
+//!   be taken over while it is still under way.
 //! - **Duplicates are visible, never silent.** A delivery is at least once: if a process dies
-//!   after sending and before recording the outcome, or its lease expires mid-delivery, another
-//!   attempt follows. The event id is the idempotency key on every wire (`webhook-id`, the Kafka
-//!   `event-id` header, the WebSocket frame id); takeovers are counted
+//!   after sending and before recording the outcome, its lease expires mid-delivery, or a
+//!   shutdown deadline cuts an attempt off, another attempt follows. The event id is the
+//!   idempotency key on every wire (`webhook-id`, the Kafka `event-id` header, the WebSocket
+//!   frame id); every such attempt is counted as a possible duplicate
 //!   ([`Outbox::redeliveries`], [`DeliveryRecord::redeliveries`]).
 //!
 //! # Relay
@@ -37,9 +42,13 @@
 //!
 //! # Faults and bad input
 //!
-//! A database that is down at commit is a typed error ([`Error::Database`]) and the buffer keeps
-//! its events; so does a payload over [`OutboxConfig::max_payload_bytes`]
-//! ([`Error::PayloadTooLarge`]). A schema from a newer version of this crate is refused
+//! A commit writes in a savepoint of the caller's transaction: a database that is down or
+//! refuses at commit is a typed error ([`Error::Database`]), the caller's transaction goes on,
+//! and the buffer keeps its events; so does a payload over
+//! [`OutboxConfig::max_payload_bytes`] ([`Error::PayloadTooLarge`]). A commit of any size is
+//! written (in parts, under the databases' parameter limits). An ordering key longer than
+//! [`MAX_KEY_BYTES`] or holding a NUL character stores that delivery `abandoned`, with the
+//! reason. A schema from a newer version of this crate is refused
 //! ([`Error::SchemaTooNew`]). Migrations are embedded and run when the outbox is built, or only
 //! by [`Outbox::migrate`] ([`Migrations::Explicit`]).
 //!
@@ -86,6 +95,6 @@ mod store;
 pub use commit::{CommitIn, DurableCommit};
 pub use config::OutboxConfig;
 pub use error::Error;
-pub use outbox::Outbox;
+pub use outbox::{MAX_KEY_BYTES, Outbox};
 pub use schema::Migrations;
 pub use store::{DeliveryRecord, DestinationStats, Replay, Retention};

@@ -117,10 +117,27 @@ pub fn record_metrics(outbox: &Outbox, meter: &Meter, refresh: Duration) {
     let stop = outbox.inner().stop.clone();
     let refresh = refresh.max(Duration::from_millis(100));
     tokio::spawn(async move {
+        // Every destination seen or served, so that one whose deliveries are all done reads 0
+        // (finished rows are deleted, and `stats` lists only destinations with rows).
+        let mut known = std::collections::BTreeSet::new();
         loop {
             let Some(inner) = weak.upgrade() else { return };
             match inner.store.stats().await {
-                Ok(stats) => {
+                Ok(mut stats) => {
+                    known.extend(
+                        inner
+                            .destinations()
+                            .iter()
+                            .map(|d| d.lane.adapter().to_owned()),
+                    );
+                    known.extend(stats.iter().map(|s| s.destination.clone()));
+                    for destination in &known {
+                        if !stats.iter().any(|s| &s.destination == destination) {
+                            let mut zero = DestinationStats::default();
+                            zero.destination.clone_from(destination);
+                            stats.push(zero);
+                        }
+                    }
                     *snapshot.lock().unwrap_or_else(PoisonError::into_inner) = stats;
                 }
                 Err(err) => {

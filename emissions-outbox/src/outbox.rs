@@ -30,7 +30,13 @@ pub(crate) struct Inner {
     pub(crate) stop: CancellationToken,
     /// The destinations (adapter names) of the attached instance.
     destinations: std::sync::OnceLock<Vec<Destination>>,
+    /// Attached to a second instance: commits are refused.
+    reused: std::sync::atomic::AtomicBool,
 }
+
+/// Longest ordering key stored (an index entry must fit a database page); a delivery whose key
+/// is longer, or holds a NUL character, is stored `abandoned` with the reason.
+pub const MAX_KEY_BYTES: usize = 1024;
 
 /// One destination: its name, and how to compute its ordering key.
 pub(crate) struct Destination {
@@ -73,6 +79,7 @@ impl Outbox {
                 relay: Mutex::new(None),
                 stop: CancellationToken::new(),
                 destinations: std::sync::OnceLock::new(),
+                reused: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -148,10 +155,13 @@ impl Outbox {
         self.inner.store.deliveries(destination, state, limit).await
     }
 
-    /// Waits until no delivery is pending or in flight — every committed event delivered,
-    /// failed or abandoned at every destination (retries included: a delivery waiting for
-    /// its next attempt is pending). Test helpers use it instead of sleeping; wrap it in a
-    /// timeout where a destination may never answer.
+    /// Waits until no delivery to this instance's destinations is pending or in flight —
+    /// every committed event delivered, failed or abandoned at each of them (retries
+    /// included: a delivery waiting for its next attempt is pending). Deliveries to a
+    /// destination no adapter of this instance serves (one removed since they were committed)
+    /// are not waited for: the relay names them at start, and [`stats`](Self::stats) shows
+    /// them. Test helpers use it instead of sleeping; wrap it in a timeout where a destination
+    /// may never answer.
     ///
     /// ```no_run
     /// # async fn f(outbox: emissions_outbox::Outbox) -> Result<(), emissions_outbox::Error> {
@@ -165,7 +175,12 @@ impl Outbox {
             tokio::pin!(progressed);
             progressed.as_mut().enable();
             let stats = self.inner.store.stats().await?;
-            if stats.iter().all(|s| s.pending + s.in_flight == 0) {
+            let served = self.destinations();
+            let waiting = stats.iter().filter(|s| {
+                (served.is_empty() || served.contains(&s.destination))
+                    && s.pending + s.in_flight > 0
+            });
+            if waiting.count() == 0 {
                 return Ok(());
             }
             // Woken by written outcomes; the poll covers deliveries finished elsewhere.
@@ -176,7 +191,7 @@ impl Outbox {
     /// Deletes finished rows now (the relay also does so every
     /// [`purge_interval`](OutboxConfig::purge_interval)); returns how many.
     ///
-    /// See [`Retention`].
+    /// See [`Retention`](crate::Retention).
     pub async fn purge(&self) -> Result<u64, Error> {
         self.inner
             .store
@@ -184,8 +199,26 @@ impl Outbox {
             .await
     }
 
-    /// Deliveries this instance took over from another instance's expired lease — each a
-    /// possible duplicate at its destination (the event id identifies it there).
+    /// The destinations this outbox writes deliveries for: the adapters of the instance it
+    /// is attached to (empty before that instance starts).
+    ///
+    /// ```no_run
+    /// # fn f(outbox: emissions_outbox::Outbox) {
+    /// println!("delivering to {:?}", outbox.destinations());
+    /// # }
+    /// ```
+    pub fn destinations(&self) -> Vec<String> {
+        self.inner
+            .destinations()
+            .iter()
+            .map(|d| d.lane.adapter().to_owned())
+            .collect()
+    }
+
+    /// Deliveries this instance attempted again although an earlier attempt may have reached
+    /// the destination — taken over from an expired lease, or cut off by a shutdown deadline
+    /// (here or in an earlier run) — each a possible duplicate there (the event id identifies
+    /// it).
     ///
     /// See [`Outbox`].
     pub fn redeliveries(&self) -> u64 {
@@ -205,25 +238,45 @@ impl Outbox {
                 limit,
             });
         }
+        if self.inner.reused.load(Ordering::Acquire) {
+            return Err(Error::AlreadyAttached);
+        }
         let destinations = self.inner.destinations.get().ok_or(Error::NoOutbox)?;
         Ok(events
             .iter()
             .map(|event| {
                 let deliveries = destinations
                     .iter()
-                    .map(|d| match d.lane.ordering_key(event) {
-                        Ok(key) => NewDelivery {
-                            destination: d.lane.adapter().to_owned(),
-                            key,
-                            state: "pending",
-                            error: None,
-                        },
-                        Err(panic) => NewDelivery {
-                            destination: d.lane.adapter().to_owned(),
-                            key: None,
-                            state: "abandoned",
-                            error: Some(format!("ordering key panicked: {panic}")),
-                        },
+                    .map(|d| {
+                        let key = d
+                            .lane
+                            .ordering_key(event)
+                            .map_err(|panic| format!("ordering key panicked: {panic}"))
+                            .and_then(|key| match key {
+                                Some(key) if key.len() > MAX_KEY_BYTES => Err(format!(
+                                    "ordering key of {} bytes, over the limit of {MAX_KEY_BYTES}",
+                                    key.len()
+                                )),
+                                Some(key) if key.contains('\0') => {
+                                    Err("ordering key contains a NUL character".to_owned())
+                                }
+                                key => Ok(key),
+                            });
+                        match key {
+                            Ok(key) => NewDelivery {
+                                destination: d.lane.adapter().to_owned(),
+                                key,
+                                state: "pending",
+                                error: None,
+                            },
+                            // Kept, as abandoned with the reason, to be seen and replayed.
+                            Err(reason) => NewDelivery {
+                                destination: d.lane.adapter().to_owned(),
+                                key: None,
+                                state: "abandoned",
+                                error: Some(reason),
+                            },
+                        }
                     })
                     .collect();
                 (event, deliveries)
@@ -241,7 +294,13 @@ impl Extension for Outbox {
             .filter_map(|name| emissions.durable_lane(name))
             .map(|lane| Destination { lane })
             .collect();
-        let _ = self.inner.destinations.set(destinations);
+        if self.inner.destinations.set(destinations).is_err() {
+            // Attached before: its commits are refused (`Error::AlreadyAttached`), and no
+            // second relay starts.
+            self.inner.reused.store(true, Ordering::Release);
+            tracing::error!(target: "emissions::outbox", "an Outbox was attached to a second emissions instance; build one per instance");
+            return;
+        }
         let handle = relay::start(self.inner.clone(), emissions);
         if let Ok(mut relay) = self.inner.relay.try_lock() {
             *relay = Some(handle);
@@ -249,6 +308,10 @@ impl Extension for Outbox {
     }
 
     async fn shutdown(&self, deadline: Instant) {
+        if self.inner.reused.load(Ordering::Acquire) {
+            // Not this instance's relay to stop.
+            return;
+        }
         self.inner.stop.cancel();
         self.inner.wake.notify_one();
         let handle = self.inner.relay.lock().await.take();

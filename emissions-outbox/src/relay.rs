@@ -36,6 +36,9 @@ struct Claim {
     event_seq: i64,
     fence: i64,
     first_attempt_at_ms: Option<i64>,
+    /// Handed to the engine: from then on an attempt may be under way, and a release without
+    /// an outcome leaves a possible duplicate.
+    handed_over: bool,
 }
 
 /// What the relay and the acknowledgement writer share.
@@ -74,14 +77,22 @@ pub(crate) struct RelayHandle {
     shared: Arc<Shared>,
     relay: JoinHandle<()>,
     writer: JoinHandle<()>,
+    /// One per destination: hands claimed deliveries to its lane.
+    submitters: Vec<JoinHandle<()>>,
+    renewer: JoinHandle<()>,
 }
 
 impl RelayHandle {
     /// Stops claiming, writes every outcome already reported (the engine's consumers have
     /// ended by now), and releases whatever this instance still holds claimed, so that it is
-    /// due again at once for the next instance — all bounded by `deadline`.
+    /// due again at once for the next instance — all bounded by `deadline`. A delivery that
+    /// was handed to the engine and has no outcome may have reached its destination: it is
+    /// released marked so, and the next claim counts it as a re-delivery.
     pub(crate) async fn finish(self, deadline: Instant) {
         let _ = tokio::time::timeout_at(deadline, self.relay).await;
+        for task in &self.submitters {
+            task.abort();
+        }
         loop {
             let written = self.shared.written.notified();
             tokio::pin!(written);
@@ -90,18 +101,33 @@ impl RelayHandle {
                 break;
             }
             if tokio::time::timeout_at(deadline, written).await.is_err() {
-                tracing::warn!(target: "emissions::outbox", "outcomes not written before the deadline; their leases will expire");
+                tracing::warn!(target: "emissions::outbox", "outcomes not written before the deadline; their deliveries are released as possibly delivered");
                 break;
             }
         }
         self.writer.abort();
-        match self.inner.store.release(&self.inner.owner).await {
-            Ok(0) => {}
-            Ok(n) => {
-                tracing::debug!(target: "emissions::outbox", deliveries = n, "released claims at shutdown")
+        self.renewer.abort();
+        let (unsent, uncertain): (Vec<i64>, Vec<i64>) = {
+            let held = self.shared.claims.lock().unwrap_or_else(|e| e.into_inner());
+            let (unsent, uncertain): (Vec<_>, Vec<_>) =
+                held.iter().partition(|(_, claim)| !claim.handed_over);
+            (
+                unsent.into_iter().map(|(id, _)| *id).collect(),
+                uncertain.into_iter().map(|(id, _)| *id).collect(),
+            )
+        };
+        let owner = &self.inner.owner;
+        for (ids, uncertain) in [(unsent, false), (uncertain, true)] {
+            if ids.is_empty() {
+                continue;
             }
-            Err(err) => {
-                tracing::warn!(target: "emissions::outbox", error = %err, "could not release claims; their leases will expire")
+            match self.inner.store.release(owner, &ids, uncertain).await {
+                Ok(n) => {
+                    tracing::debug!(target: "emissions::outbox", deliveries = n, uncertain, "released claims at shutdown")
+                }
+                Err(err) => {
+                    tracing::warn!(target: "emissions::outbox", error = %err, "could not release claims; their leases will expire")
+                }
             }
         }
     }
@@ -126,19 +152,115 @@ pub(crate) fn start(inner: Arc<Inner>, emissions: &Emissions) -> RelayHandle {
         shared: shared.clone(),
     });
     let writer = tokio::spawn(write_outcomes(inner.clone(), shared.clone(), rx));
-    let relay = tokio::spawn(relay(inner.clone(), shared.clone(), sink));
+    // Each destination's claims go to its lane from a task of its own: a destination whose
+    // queue is full waits there, and the relay goes on claiming for the others.
+    let (handoffs, submitters): (Vec<_>, Vec<_>) = (0..inner.destinations().len())
+        .map(|index| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let task = tokio::spawn(hand_over(
+                inner.clone(),
+                shared.clone(),
+                sink.clone(),
+                index,
+                rx,
+            ));
+            (tx, task)
+        })
+        .unzip();
+    let renewer = tokio::spawn(renew_leases(inner.clone(), shared.clone()));
+    let relay = tokio::spawn(relay(inner.clone(), shared.clone(), sink, handoffs));
     RelayHandle {
         inner,
         shared,
         relay,
         writer,
+        submitters,
+        renewer,
     }
 }
 
-async fn relay(inner: Arc<Inner>, shared: Arc<Shared>, sink: Arc<dyn AttemptSink>) {
+/// Claims handed from the relay to a destination's submitter.
+type Handoff = mpsc::UnboundedSender<Vec<Attempt>>;
+
+/// Hands one destination's claimed deliveries to its lane, waiting for room in its queue.
+async fn hand_over(
+    inner: Arc<Inner>,
+    shared: Arc<Shared>,
+    sink: Arc<dyn AttemptSink>,
+    destination: usize,
+    mut rx: mpsc::UnboundedReceiver<Vec<Attempt>>,
+) {
+    let lane = &inner.destinations()[destination].lane;
+    while let Some(attempts) = rx.recv().await {
+        let ids: Vec<i64> = attempts
+            .iter()
+            .map(|a| i64::try_from(a.id).unwrap_or_default())
+            .collect();
+        {
+            // Marked before the engine can start on them.
+            let mut held = shared.claims.lock().unwrap_or_else(|e| e.into_inner());
+            for id in &ids {
+                if let Some(claim) = held.get_mut(id) {
+                    claim.handed_over = true;
+                }
+            }
+        }
+        if lane.submit(attempts, sink.clone()).await.is_err() {
+            // The instance is shutting down: not handed over, released at shutdown.
+            let mut held = shared.claims.lock().unwrap_or_else(|e| e.into_inner());
+            for id in &ids {
+                if let Some(claim) = held.get_mut(id) {
+                    claim.handed_over = false;
+                }
+            }
+            return;
+        }
+    }
+}
+
+/// Extends the leases of the deliveries this instance has claimed but not yet handed to their
+/// adapter's queue (they wait here for room), every third of the lease, so that no other
+/// instance takes over work this one has not started. Once handed over, a delivery has what
+/// is left of its lease — at least two thirds of it — for its attempt: a delivery that takes
+/// longer may be taken over (and is counted as a re-delivery), and a stalled or dead
+/// instance's deliveries are.
+async fn renew_leases(inner: Arc<Inner>, shared: Arc<Shared>) {
+    let every = (inner.config.lease / 3).max(Duration::from_millis(50));
+    let mut tick = tokio::time::interval_at(Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let ids: Vec<i64> = shared
+            .claims
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, claim)| !claim.handed_over)
+            .map(|(id, _)| *id)
+            .collect();
+        if ids.is_empty() {
+            continue;
+        }
+        if let Err(err) = inner
+            .store
+            .renew(&inner.owner, &ids, inner.config.lease)
+            .await
+        {
+            tracing::warn!(target: "emissions::outbox", error = %err, "renewing leases failed; retrying at the next tick");
+        }
+    }
+}
+
+async fn relay(
+    inner: Arc<Inner>,
+    shared: Arc<Shared>,
+    sink: Arc<dyn AttemptSink>,
+    handoffs: Vec<Handoff>,
+) {
     let config = &inner.config;
     #[cfg(feature = "postgres")]
     let mut listener = listen(&inner).await;
+    warn_unserved(&inner).await;
     let mut last_purge = Instant::now();
     let mut failing_since: Option<Instant> = None;
     // Destinations whose last claim found fewer deliveries than it asked for: nothing more
@@ -188,7 +310,7 @@ async fn relay(inner: Arc<Inner>, shared: Arc<Shared>, sink: Arc<dyn AttemptSink
                 continue;
             }
             claimed_any = true;
-            if !submit(&inner, &shared, &sink, index, claims).await {
+            if !submit(&inner, &shared, &sink, &handoffs[index], index, claims) {
                 return; // the instance is shutting down
             }
         }
@@ -252,6 +374,31 @@ async fn relay(inner: Arc<Inner>, shared: Arc<Shared>, sink: Arc<dyn AttemptSink
     }
 }
 
+/// Names the destinations with deliveries waiting that no adapter of this instance serves (an
+/// adapter removed, or renamed, since they were committed): they wait for an instance that
+/// has it.
+async fn warn_unserved(inner: &Inner) {
+    let Ok(stats) = inner.store.stats().await else {
+        return;
+    };
+    let served: Vec<&str> = inner
+        .destinations()
+        .iter()
+        .map(|d| d.lane.adapter())
+        .collect();
+    for stats in stats {
+        let waiting = stats.pending + stats.in_flight;
+        if waiting > 0 && !served.contains(&stats.destination.as_str()) {
+            tracing::warn!(
+                target: "emissions::outbox",
+                destination = %stats.destination,
+                deliveries = waiting,
+                "deliveries wait for a destination no adapter of this instance serves; register it again to deliver them"
+            );
+        }
+    }
+}
+
 /// Waits `delay` (or until stopped).
 async fn pause(inner: &Inner, delay: Duration) {
     tokio::select! {
@@ -284,24 +431,27 @@ async fn listen(inner: &Inner) -> Option<sqlx::postgres::PgListener> {
     }
 }
 
-/// Hands the claimed deliveries' events to the destination's lane. Returns
+/// Registers the claims and passes their events on to the destination's submitter. Returns
 /// false once the instance is shutting down.
-async fn submit(
+fn submit(
     inner: &Inner,
     shared: &Shared,
     sink: &Arc<dyn AttemptSink>,
+    handoff: &Handoff,
     destination: usize,
-    mut claims: Vec<Claimed>,
+    claims: Vec<Claimed>,
 ) -> bool {
-    let takeovers = claims.iter().filter(|c| c.redelivery).count() as u64;
-    if takeovers > 0 {
-        inner.redeliveries.fetch_add(takeovers, Ordering::Relaxed);
-        tracing::warn!(target: "emissions::outbox", deliveries = takeovers, "took over deliveries from an expired lease; they may be duplicates");
-    }
-    shared.in_flight[destination].fetch_add(claims.len(), Ordering::AcqRel);
+    let mut fresh = Vec::with_capacity(claims.len());
     {
         let mut held = shared.claims.lock().unwrap_or_else(|e| e.into_inner());
-        for claim in &claims {
+        for claim in claims {
+            if let Some(mine) = held.get_mut(&claim.id) {
+                // Claimed again by this instance (its lease ran out while it was stalled):
+                // the attempt under way goes on, and its outcome is written under the new
+                // fence. Not a second attempt, and not a second slot.
+                mine.fence = claim.fence;
+                continue;
+            }
             held.insert(
                 claim.id,
                 Claim {
@@ -309,12 +459,20 @@ async fn submit(
                     event_seq: claim.event_seq,
                     fence: claim.fence,
                     first_attempt_at_ms: claim.first_attempt_at_ms,
+                    handed_over: false,
                 },
             );
+            fresh.push(claim);
         }
     }
-    let mut attempts = Vec::with_capacity(claims.len());
-    for claim in &mut claims {
+    shared.in_flight[destination].fetch_add(fresh.len(), Ordering::AcqRel);
+    let takeovers = fresh.iter().filter(|c| c.redelivery).count() as u64;
+    if takeovers > 0 {
+        inner.redeliveries.fetch_add(takeovers, Ordering::Relaxed);
+        tracing::warn!(target: "emissions::outbox", deliveries = takeovers, "delivering again what may have been delivered (an expired lease, or an attempt cut off by a shutdown); duplicates are identified by the event id");
+    }
+    let mut attempts = Vec::with_capacity(fresh.len());
+    for mut claim in fresh {
         let id = u64::try_from(claim.id).unwrap_or_default();
         match claim.event.take() {
             Some(Ok(event)) => attempts.push(Attempt::new(id, event, claim.attempts)),
@@ -334,25 +492,7 @@ async fn submit(
             ),
         }
     }
-    let lane = &inner.destinations()[destination].lane;
-    match lane.submit(attempts, sink.clone()).await {
-        Ok(()) => true,
-        Err(_) => {
-            // Not handed over: released at shutdown.
-            forget(shared, &claims);
-            false
-        }
-    }
-}
-
-/// Stops tracking claims that were never handed over.
-fn forget(shared: &Shared, claims: &[Claimed]) {
-    let mut held = shared.claims.lock().unwrap_or_else(|e| e.into_inner());
-    for claim in claims {
-        if let Some(gone) = held.remove(&claim.id) {
-            shared.in_flight[gone.destination].fetch_sub(1, Ordering::AcqRel);
-        }
-    }
+    attempts.is_empty() || handoff.send(attempts).is_ok()
 }
 
 async fn write_outcomes(
@@ -426,7 +566,10 @@ fn acknowledgements(
                     state: "abandoned",
                     error,
                 },
-                _ => AckKind::Release,
+                // Cut off (queued or under way) by a shutdown deadline, or evicted: due again,
+                // and possibly delivered already if it was under way — counted as a possible
+                // duplicate when delivered again.
+                _ => AckKind::Release { uncertain: true },
             };
             Some(Ack {
                 id,

@@ -8,9 +8,12 @@
 //! emissions_outbox_deliveries  one row per (event, destination): state (pending, delivered,
 //!                              failed, abandoned — a pending delivery holding a lease is in
 //!                              flight), attempts, next attempt time, first attempt time, last
-//!                              error, lease owner and expiry, fence, re-deliveries (claims
-//!                              taken over from an expired lease; the last claim's in
-//!                              `takeover`), ordering key; `event_seq` names its event
+//!                              error, lease owner and expiry, fence, re-deliveries, ordering
+//!                              key; `takeover` is 0 (last claim was a first claim), 1 (last
+//!                              claim took over an expired lease or a cut-off attempt: a
+//!                              re-delivery) or 2 (released by a shutdown after an attempt
+//!                              that may have reached the destination); `event_seq` names
+//!                              its event
 //!                              (no foreign key: the outbox deletes an event only once no
 //!                              delivery names it, and a per-row constraint check would cost
 //!                              every commit and every acknowledgement)

@@ -92,8 +92,9 @@ macro_rules! sqlite_claim {
         concat!(
             "UPDATE emissions_outbox_deliveries
             SET lease_owner = ?1, lease_until_ms = ?2, fence = fence + 1, updated_at_ms = ?3,
-                redeliveries = redeliveries + (CASE WHEN lease_until_ms IS NULL THEN 0 ELSE 1 END),
-                takeover = (CASE WHEN lease_until_ms IS NULL THEN 0 ELSE 1 END)
+                redeliveries = redeliveries
+                    + (CASE WHEN lease_until_ms IS NOT NULL OR takeover = 2 THEN 1 ELSE 0 END),
+                takeover = (CASE WHEN lease_until_ms IS NOT NULL OR takeover = 2 THEN 1 ELSE 0 END)
             WHERE id IN (
                 SELECT d.id FROM emissions_outbox_deliveries d WHERE ",
             $from_where,
@@ -125,8 +126,10 @@ macro_rules! postgres_claim {
                 UPDATE emissions_outbox_deliveries t
                 SET lease_owner = $1, lease_until_ms = $2, fence = t.fence + 1, updated_at_ms = $3,
                     redeliveries = t.redeliveries
-                        + (CASE WHEN t.lease_until_ms IS NULL THEN 0 ELSE 1 END),
-                    takeover = (CASE WHEN t.lease_until_ms IS NULL THEN 0 ELSE 1 END)
+                        + (CASE WHEN t.lease_until_ms IS NOT NULL OR t.takeover = 2
+                           THEN 1 ELSE 0 END),
+                    takeover = (CASE WHEN t.lease_until_ms IS NOT NULL OR t.takeover = 2
+                                THEN 1 ELSE 0 END)
                 WHERE t.id = ANY(ARRAY(SELECT id FROM picked))
                 RETURNING t.id, t.event_seq, t.attempts, t.fence, t.first_attempt_at_ms, t.takeover)
             SELECT c.id, c.event_seq, c.attempts, c.fence, c.first_attempt_at_ms, c.takeover,
@@ -172,14 +175,22 @@ pub(crate) mod sqlite {
         SET state = 'delivered', attempts = ?1, lease_owner = NULL, lease_until_ms = NULL,
             first_attempt_at_ms = COALESCE(first_attempt_at_ms, ?2), updated_at_ms = ?3
         WHERE id = ?4 AND fence = ?5";
+    /// Writes an outcome; `takeover` `?9` is 2 for a delivery released with its outcome
+    /// unknown (the next claim counts it as a re-delivery), else 0.
     pub(crate) const SET_STATE: &str = "UPDATE emissions_outbox_deliveries
         SET state = ?1, attempts = ?2, next_attempt_at_ms = ?3, last_error = ?4,
             first_attempt_at_ms = COALESCE(first_attempt_at_ms, ?5),
-            lease_owner = NULL, lease_until_ms = NULL, updated_at_ms = ?6
+            lease_owner = NULL, lease_until_ms = NULL, updated_at_ms = ?6, takeover = ?9
         WHERE id = ?7 AND fence = ?8";
-    pub(crate) const RELEASE_OWNER: &str = "UPDATE emissions_outbox_deliveries
-        SET lease_owner = NULL, lease_until_ms = NULL, updated_at_ms = ?2
-        WHERE state = 'pending' AND lease_owner = ?1";
+    /// Releases this instance's (`?1`) claims `?4`: due again now; `?3` is the
+    /// `takeover` mark (2: an attempt may have been made).
+    pub(crate) const RELEASE: &str = "UPDATE emissions_outbox_deliveries
+        SET lease_owner = NULL, lease_until_ms = NULL, updated_at_ms = ?2, takeover = ?3
+        WHERE state = 'pending' AND lease_owner = ?1 AND id IN (SELECT value FROM json_each(?4))";
+    /// Extends this instance's (`?1`) leases of `?3` to `?2` (the fence stays).
+    pub(crate) const RENEW: &str = "UPDATE emissions_outbox_deliveries
+        SET lease_until_ms = ?2
+        WHERE state = 'pending' AND lease_owner = ?1 AND id IN (SELECT value FROM json_each(?3))";
     pub(crate) const STATS: &str = "SELECT destination, \
          CASE WHEN lease_until_ms IS NULL THEN state ELSE 'in_flight' END AS shown, COUNT(*), \
          MIN(d.updated_at_ms), MIN(e.committed_at_ms), SUM(redeliveries) \
@@ -227,6 +238,13 @@ pub(crate) mod postgres {
     /// Serializes concurrent migrations of one database (several instances starting at once).
     pub(crate) const MIGRATION_LOCK: &str = "SELECT pg_advisory_xact_lock(7365126482017263)";
     pub(crate) const NOTIFY: &str = "SELECT pg_notify($1, '')";
+    /// Locks each (destination `$1[i]`, ordering key `$2[i]`) until the transaction ends, in
+    /// a fixed order (no deadlock between two commits); the two-number advisory lock space
+    /// keeps clear of an application's one-number locks.
+    pub(crate) const LOCK_KEYS: &str = "SELECT pg_advisory_xact_lock(1701930093, h)
+        FROM (SELECT DISTINCT hashtext(d || '/' || k) AS h
+              FROM UNNEST($1::TEXT[], $2::TEXT[]) AS t(d, k)) AS keys
+        ORDER BY h";
     pub(crate) const EVENTS_INSERT: &str = "INSERT INTO emissions_outbox_events \
          (id, name, payload, metadata, emitted_at_us, committed_at_ms) VALUES ";
     pub(crate) const EVENTS_RETURNING: &str = " RETURNING seq, id";
@@ -253,14 +271,22 @@ pub(crate) mod postgres {
         SET state = 'delivered', attempts = $1, lease_owner = NULL, lease_until_ms = NULL,
             first_attempt_at_ms = COALESCE(first_attempt_at_ms, $2), updated_at_ms = $3
         WHERE id = $4 AND fence = $5";
+    /// Writes an outcome; `takeover` `$9` is 2 for a delivery released with its outcome
+    /// unknown (the next claim counts it as a re-delivery), else 0.
     pub(crate) const SET_STATE: &str = "UPDATE emissions_outbox_deliveries
         SET state = $1, attempts = $2, next_attempt_at_ms = $3, last_error = $4,
             first_attempt_at_ms = COALESCE(first_attempt_at_ms, $5),
-            lease_owner = NULL, lease_until_ms = NULL, updated_at_ms = $6
+            lease_owner = NULL, lease_until_ms = NULL, updated_at_ms = $6, takeover = $9
         WHERE id = $7 AND fence = $8";
-    pub(crate) const RELEASE_OWNER: &str = "UPDATE emissions_outbox_deliveries
-        SET lease_owner = NULL, lease_until_ms = NULL, updated_at_ms = $2
-        WHERE state = 'pending' AND lease_owner = $1";
+    /// Releases this instance's (`$1`) claims `$4`: due again now; `$3` is the
+    /// `takeover` mark (2: an attempt may have been made).
+    pub(crate) const RELEASE: &str = "UPDATE emissions_outbox_deliveries
+        SET lease_owner = NULL, lease_until_ms = NULL, updated_at_ms = $2, takeover = $3
+        WHERE state = 'pending' AND lease_owner = $1 AND id = ANY($4::BIGINT[])";
+    /// Extends this instance's (`$1`) leases of `$3` to `$2` (the fence stays).
+    pub(crate) const RENEW: &str = "UPDATE emissions_outbox_deliveries
+        SET lease_until_ms = $2
+        WHERE state = 'pending' AND lease_owner = $1 AND id = ANY($3::BIGINT[])";
     pub(crate) const STATS: &str = "SELECT destination, \
          CASE WHEN lease_until_ms IS NULL THEN state ELSE 'in_flight' END AS shown, COUNT(*), \
          MIN(d.updated_at_ms), MIN(e.committed_at_ms), SUM(redeliveries)::BIGINT \

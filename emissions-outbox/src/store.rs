@@ -113,12 +113,18 @@ pub(crate) enum AckKind {
     /// `failed` (retries used up) or `abandoned` (permanent failure).
     GiveUp { state: &'static str, error: String },
     /// Not attempted to the end (shutdown): due again now.
-    Release,
+    Release {
+        /// An attempt may have reached the destination (cut off by a shutdown deadline).
+        uncertain: bool,
+    },
 }
 
 #[derive(Debug)]
 pub(crate) struct Ack {
     pub(crate) id: i64,
+    /// Its event (SQLite deletes the event with its last delivery by it; PostgreSQL finds it
+    /// in the same statement).
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     pub(crate) event_seq: i64,
     pub(crate) fence: i64,
     pub(crate) attempts: u32,
@@ -314,51 +320,59 @@ fn emitted_us(event: &Event) -> i64 {
 }
 
 /// Writes `events` and their deliveries on `$conn` (the caller's transaction), with `$q`'s SQL.
+/// Most rows one INSERT writes (the databases cap bound parameters: SQLite at 32 766,
+/// PostgreSQL at 65 535); a larger commit is written in several.
+const ROWS_PER_INSERT: usize = 1000;
+
 macro_rules! insert_on {
     ($conn:expr, $q:ident, $numbered:expr, $events:expr) => {{
         let events: &[(&Event, Vec<NewDelivery>)] = $events;
         let now = now_ms();
-        let sql = format!(
-            "{}{}{}",
-            $q::EVENTS_INSERT,
-            placeholders(events.len(), 6, $numbered),
-            $q::EVENTS_RETURNING
-        );
-        let mut query = sqlx::query(&sql);
-        for (event, _) in events {
-            query = query
-                .bind(event.id().to_string())
-                .bind(event.name().to_owned())
-                .bind(event.payload().to_vec())
-                .bind(metadata_json(event.metadata()))
-                .bind(emitted_us(event))
-                .bind(now);
+        let mut seqs: HashMap<String, i64> = HashMap::with_capacity(events.len());
+        for chunk in events.chunks(ROWS_PER_INSERT) {
+            let sql = format!(
+                "{}{}{}",
+                $q::EVENTS_INSERT,
+                placeholders(chunk.len(), 6, $numbered),
+                $q::EVENTS_RETURNING
+            );
+            let mut query = sqlx::query(&sql);
+            for (event, _) in chunk {
+                query = query
+                    .bind(event.id().to_string())
+                    .bind(event.name().to_owned())
+                    .bind(event.payload().to_vec())
+                    .bind(metadata_json(event.metadata()))
+                    .bind(emitted_us(event))
+                    .bind(now);
+            }
+            for row in query.fetch_all(&mut *$conn).await? {
+                seqs.insert(row.try_get(1)?, row.try_get(0)?);
+            }
         }
-        let rows = query.fetch_all(&mut *$conn).await?;
-        let mut seqs: HashMap<String, i64> = HashMap::with_capacity(rows.len());
-        for row in rows {
-            seqs.insert(row.try_get(1)?, row.try_get(0)?);
-        }
-        let count: usize = events.iter().map(|(_, d)| d.len()).sum();
-        if count > 0 {
+        let deliveries: Vec<(i64, &NewDelivery)> = events
+            .iter()
+            .flat_map(|(event, deliveries)| {
+                let seq = seqs[&event.id().to_string()];
+                deliveries.iter().map(move |d| (seq, d))
+            })
+            .collect();
+        for chunk in deliveries.chunks(ROWS_PER_INSERT) {
             let sql = format!(
                 "{}{}",
                 $q::DELIVERIES_INSERT,
-                placeholders(count, 7, $numbered)
+                placeholders(chunk.len(), 7, $numbered)
             );
             let mut query = sqlx::query(&sql);
-            for (event, deliveries) in events {
-                let seq = seqs[&event.id().to_string()];
-                for delivery in deliveries {
-                    query = query
-                        .bind(seq)
-                        .bind(delivery.destination.clone())
-                        .bind(delivery.key.clone())
-                        .bind(delivery.state)
-                        .bind(now)
-                        .bind(delivery.error.clone())
-                        .bind(now);
-                }
+            for (seq, delivery) in chunk {
+                query = query
+                    .bind(*seq)
+                    .bind(delivery.destination.clone())
+                    .bind(delivery.key.clone())
+                    .bind(delivery.state)
+                    .bind(now)
+                    .bind(delivery.error.clone())
+                    .bind(now);
             }
             query.execute(&mut *$conn).await?;
         }
@@ -378,6 +392,11 @@ pub(crate) async fn insert_sqlite(
 
 /// Writes `events` and their deliveries in the caller's PostgreSQL transaction, and notifies
 /// every instance's relay (delivered when the transaction commits, never if it rolls back).
+///
+/// First it takes a transaction-scoped advisory lock per (destination, ordering key) written:
+/// two transactions writing the same key then write it one after the other, the second only
+/// once the first has ended — so a key's deliveries are numbered in the order they become
+/// visible, and a later one can never be delivered while an earlier one is still to come.
 #[cfg(feature = "postgres")]
 pub(crate) async fn insert_postgres(
     conn: &mut sqlx::PgConnection,
@@ -385,6 +404,18 @@ pub(crate) async fn insert_postgres(
     channel: &str,
 ) -> Result<(), Error> {
     use sql::postgres;
+    let (destinations, keys): (Vec<&str>, Vec<&str>) = events
+        .iter()
+        .flat_map(|(_, deliveries)| deliveries)
+        .filter_map(|d| Some((d.destination.as_str(), d.key.as_deref()?)))
+        .unzip();
+    if !keys.is_empty() {
+        sqlx::query(postgres::LOCK_KEYS)
+            .bind(&destinations)
+            .bind(&keys)
+            .execute(&mut *conn)
+            .await?;
+    }
     insert_on!(conn, postgres, true, events)?;
     sqlx::query(postgres::NOTIFY)
         .bind(channel)
@@ -613,6 +644,7 @@ impl Store {
             }
         }
         #[cfg(feature = "sqlite")]
+        #[allow(irrefutable_let_patterns)] // without the `postgres` feature
         if let Store::Sqlite(pool) = self {
             // Stored events never change: read them after the claim, without a lock.
             if !claims.is_empty() {
@@ -711,7 +743,6 @@ impl Store {
             .filter(|a| matches!(a.kind, AckKind::Done))
             .collect();
         // Every outcome but "done" is one UPDATE; "done" is one statement for the batch.
-        let only_deletes = done.len() == acks.len() && matches!(retention, Retention::Delete);
         macro_rules! apply {
             ($tx:expr, $q:ident, $delete_done:expr) => {{
                 if !done.is_empty() {
@@ -732,13 +763,15 @@ impl Store {
                     }
                 }
                 for ack in acks {
-                    let (state, next_at, error) = match &ack.kind {
+                    let (state, next_at, error, mark) = match &ack.kind {
                         AckKind::Done => continue,
                         AckKind::Retry { next_at_ms, error } => {
-                            ("pending", *next_at_ms, Some(error.as_str()))
+                            ("pending", *next_at_ms, Some(error.as_str()), 0_i64)
                         }
-                        AckKind::GiveUp { state, error } => (*state, now, Some(error.as_str())),
-                        AckKind::Release => ("pending", now, None),
+                        AckKind::GiveUp { state, error } => (*state, now, Some(error.as_str()), 0),
+                        AckKind::Release { uncertain } => {
+                            ("pending", now, None, if *uncertain { 2 } else { 0 })
+                        }
                     };
                     sqlx::query($q::SET_STATE)
                         .bind(state)
@@ -749,6 +782,7 @@ impl Store {
                         .bind(now)
                         .bind(ack.id)
                         .bind(ack.fence)
+                        .bind(mark)
                         .execute(&mut *$tx)
                         .await?;
                 }
@@ -786,7 +820,7 @@ impl Store {
                 let ids: Vec<i64> = done.iter().map(|a| a.id).collect();
                 let fences: Vec<i64> = done.iter().map(|a| a.fence).collect();
                 let delete_done = sqlx::query(postgres::DONE_DELETE).bind(&ids).bind(&fences);
-                if only_deletes {
+                if done.len() == acks.len() && matches!(retention, Retention::Delete) {
                     // One statement: its own transaction.
                     delete_done.execute(pool).await?;
                 } else {
@@ -801,18 +835,68 @@ impl Store {
         Ok(())
     }
 
-    /// Releases every delivery this instance still holds (shutting down): due again now.
-    pub(crate) async fn release(&self, owner: &str) -> Result<u64, Error> {
+    /// Releases these deliveries this instance holds (shutting down): due again now.
+    /// `uncertain`: an attempt may have reached the destination, so the next claim counts a
+    /// re-delivery.
+    pub(crate) async fn release(
+        &self,
+        owner: &str,
+        ids: &[i64],
+        uncertain: bool,
+    ) -> Result<u64, Error> {
         let now = now_ms();
-        let done = on_store!(self, |pool, q| {
-            sqlx::query(q::RELEASE_OWNER)
+        let mark = if uncertain { 2_i64 } else { 0 };
+        Ok(match self {
+            #[cfg(feature = "sqlite")]
+            Store::Sqlite(pool) => sqlx::query(sql::sqlite::RELEASE)
                 .bind(owner)
                 .bind(now)
+                .bind(mark)
+                .bind(json_array(ids))
                 .execute(pool)
                 .await?
-                .rows_affected()
-        });
-        Ok(done)
+                .rows_affected(),
+            #[cfg(feature = "postgres")]
+            Store::Postgres(pool) => sqlx::query(sql::postgres::RELEASE)
+                .bind(owner)
+                .bind(now)
+                .bind(mark)
+                .bind(ids)
+                .execute(pool)
+                .await?
+                .rows_affected(),
+        })
+    }
+
+    /// Extends the leases this instance holds on `ids` by `lease` from now.
+    pub(crate) async fn renew(
+        &self,
+        owner: &str,
+        ids: &[i64],
+        lease: Duration,
+    ) -> Result<(), Error> {
+        let until = now_ms().saturating_add(duration_ms(lease));
+        match self {
+            #[cfg(feature = "sqlite")]
+            Store::Sqlite(pool) => {
+                sqlx::query(sql::sqlite::RENEW)
+                    .bind(owner)
+                    .bind(until)
+                    .bind(json_array(ids))
+                    .execute(pool)
+                    .await?;
+            }
+            #[cfg(feature = "postgres")]
+            Store::Postgres(pool) => {
+                sqlx::query(sql::postgres::RENEW)
+                    .bind(owner)
+                    .bind(until)
+                    .bind(ids)
+                    .execute(pool)
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     /// Per destination, how many deliveries are in each state.

@@ -329,3 +329,84 @@ async fn a_dead_instances_leases_are_taken_over_and_its_late_outcomes_fenced_off
     );
     b.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_transactions_writing_one_key_take_turns_so_it_stays_in_order() {
+    let Some(pool) = database().await else { return };
+    let receiver = Receiver::default();
+    let (emissions, outbox, _) = instance(&pool, "a", &receiver, config(&pool)).await;
+    // A writes key k first and keeps its transaction open.
+    let mut a = pool.begin().await.unwrap();
+    let first = emissions.start();
+    first.emit("e", &json!({"n": 1, "key": "k"})).unwrap();
+    first.commit_in(&mut a).await.unwrap();
+    // B writes the same key: it waits for A to end, not racing past it.
+    let b_pool = pool.clone();
+    let b_emissions = emissions.clone();
+    let b = tokio::spawn(async move {
+        let mut b = b_pool.begin().await.unwrap();
+        let second = b_emissions.start();
+        second.emit("e", &json!({"n": 2, "key": "k"})).unwrap();
+        second.commit_in(&mut b).await.unwrap();
+        b.commit().await.unwrap();
+    });
+    // Another key is not held up.
+    let mut c = pool.begin().await.unwrap();
+    let other = emissions.start();
+    other.emit("e", &json!({"n": 3, "key": "other"})).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), other.commit_in(&mut c))
+        .await
+        .expect("another key does not wait")
+        .unwrap();
+    c.commit().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!b.is_finished(), "B wrote key k while A still held it");
+    a.commit().await.unwrap();
+    tokio::time::timeout(WAIT, b).await.unwrap().unwrap();
+    drained(&outbox).await;
+    let order: Vec<u64> = receiver
+        .delivered
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|d| d.1)
+        .filter(|n| *n != 3)
+        .collect();
+    assert_eq!(order, [1, 2]);
+    assert!(receiver.overlaps.lock().unwrap().is_empty());
+    emissions.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_commit_leaves_the_callers_transaction_usable_and_large_ones_are_written_in_parts()
+ {
+    let Some(pool) = database().await else { return };
+    let receiver = Receiver::default();
+    let (emissions, outbox, _) = instance(&pool, "a", &receiver, config(&pool)).await;
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO orders (item) VALUES ('kept')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    // PostgreSQL text cannot hold NUL: the database refuses the event's name.
+    let refused = emissions.start();
+    refused.emit("bad\0name", &json!({"n": 0})).unwrap();
+    let err = refused.commit_in(&mut tx).await.unwrap_err();
+    assert!(matches!(err, emissions_outbox::Error::Database(_)), "{err}");
+    assert_eq!(refused.state(), emissions_core::BufferState::Open);
+    // The transaction goes on: more rows, and 11 000 events (66 000 parameters in one go).
+    let buffer = emissions.start();
+    for n in 0..11_000u64 {
+        buffer.emit("e", &json!({ "n": n })).unwrap();
+    }
+    assert_eq!(buffer.commit_in(&mut tx).await.unwrap(), 11_000);
+    tx.commit().await.unwrap();
+    let kept: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM orders")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(kept, 1);
+    drained(&outbox).await;
+    assert_eq!(receiver.delivered.lock().unwrap().len(), 11_000);
+    emissions.shutdown(Duration::from_secs(5)).await;
+}

@@ -73,7 +73,8 @@ pub async fn expect_drained(outbox: &Outbox) -> Result<(), String> {
 }
 
 /// The check behind [`assert_outbox!`](crate::assert_outbox): `Ok` when `destination`'s
-/// deliveries match `expected` now; the error shows the counts and the deliveries.
+/// deliveries match `expected` now; the error shows the counts and the deliveries. A
+/// destination the outbox does not know (a typo) is an error, not zeros.
 ///
 /// See the [module docs](crate::outbox).
 pub async fn expect_counts(
@@ -83,6 +84,13 @@ pub async fn expect_counts(
 ) -> Result<(), String> {
     let stats = outbox.stats().await.map_err(|e| e.to_string())?;
     let actual = stats.iter().find(|s| s.destination == destination);
+    if actual.is_none() && !outbox.destinations().iter().any(|d| d == destination) {
+        return Err(format!(
+            "`{destination}` is not a destination of this outbox (it has {:?}) and no delivery \
+             names it",
+            outbox.destinations()
+        ));
+    }
     let get = |f: fn(&emissions_outbox::DestinationStats) -> u64| actual.map_or(0, f);
     let checks = [
         ("pending", expected.pending, get(|s| s.pending)),
