@@ -1,16 +1,21 @@
-//! Fan-out to 1 000 WebSocket clients: the adapter against a bare tokio-tungstenite server that
-//! forwards a `tokio::sync::broadcast` channel to every connection, same clients, same frames'
-//! size; throughput and publish → receive latency (p50/p99).
+//! Fan-out to 1 000 WebSocket clients: the live feed — mounted in an axum router, every
+//! frame authorized — against a bare tokio-tungstenite server that forwards a
+//! `tokio::sync::broadcast` channel to every connection, same clients, same frames' size;
+//! throughput and publish → receive latency (p50/p99). With `--features kafka` and
+//! `EMISSIONS_KAFKA_BROKERS`, also the cross-instance latency: commit on instance B → frame on
+//! a client of instance A, both feeds reading the topic B's Kafka adapter writes.
 //!
-//! Run: `cargo bench -p emissions-websocket --bench websocket` (or `cargo xtask bench`).
+//! Run: `cargo bench -p emissions-websocket --features kafka --bench websocket` (or
+//! `cargo xtask bench`).
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use emissions_core::{AdapterOptions, Emissions, OverflowPolicy};
-use emissions_websocket::WebSocketServer;
+use axum::http::request::Parts;
+use emissions_core::{AdapterOptions, Emissions, Event, OverflowPolicy};
+use emissions_websocket::{Authorize, LiveFeed, Refusal};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 fn now_micros() -> u64 {
@@ -20,18 +25,42 @@ fn now_micros() -> u64 {
         .as_micros() as u64
 }
 
-/// Connects `clients` readers; each reads `events` frames carrying `"t":<µs>` and returns the
-/// latencies it saw. Returns once every client is connected (and has seen a first frame count 0).
+/// Tenants: a connection's principal is its `x-tenant` header; it may see events whose
+/// metadata `tenant` is its own. Every event of the benchmark is the clients' tenant's, so
+/// every frame is checked and passes.
+struct Tenants;
+
+impl Authorize for Tenants {
+    type Principal = String;
+
+    async fn authenticate(&self, request: &mut Parts) -> Result<String, Refusal> {
+        request
+            .headers
+            .get("x-tenant")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .ok_or_else(|| Refusal::unauthorized("no tenant"))
+    }
+
+    fn may_see(&self, tenant: &String, event: &Event) -> bool {
+        event.metadata().get("tenant").and_then(|v| v.as_str()) == Some(tenant.as_str())
+    }
+}
+
+/// Connects `clients` readers to `url`; each reads `events` frames carrying `"t":<µs>` and
+/// returns the latencies it saw.
 async fn readers(
-    addr: SocketAddr,
+    url: &str,
     clients: usize,
     events: usize,
 ) -> Vec<tokio::task::JoinHandle<Vec<u64>>> {
     let mut handles = Vec::with_capacity(clients);
     for _ in 0..clients {
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
-            .await
-            .unwrap();
+        let mut request = url.into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("x-tenant", "acme".parse().unwrap());
+        let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
         handles.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(events);
             while latencies.len() < events {
@@ -84,36 +113,68 @@ async fn collect(started: Instant, handles: Vec<tokio::task::JoinHandle<Vec<u64>
     }
 }
 
+/// Serves `feed` at `/live` in an axum router on a loopback port; connects `clients` readers
+/// and waits until the feed has registered them.
+async fn mounted(
+    feed: &LiveFeed<Tenants>,
+    clients: usize,
+    events: usize,
+) -> (
+    tokio::task::JoinHandle<()>,
+    Vec<tokio::task::JoinHandle<Vec<u64>>>,
+) {
+    let app = axum::Router::new().route("/live", feed.handler());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let readers = readers(&format!("ws://{addr}/live"), clients, events).await;
+    while feed.stats().connected < clients {
+        tokio::task::yield_now().await;
+    }
+    (server, readers)
+}
+
+/// Commits one `tick` of the clients' tenant, stamped with the time.
+async fn tick(emissions: &Emissions, seq: usize) {
+    let mut metadata = emissions_core::Metadata::new();
+    metadata.insert("tenant".into(), "acme".into());
+    let buffer = emissions.start();
+    buffer
+        .emit_with_metadata(
+            "tick",
+            &serde_json::json!({"t": now_micros(), "seq": seq}),
+            metadata,
+        )
+        .unwrap();
+    buffer.commit().await.unwrap();
+}
+
 async fn emissions_run(clients: usize, events: usize) -> Run {
-    let adapter = WebSocketServer::new("ws", "127.0.0.1:0")
+    let feed = LiveFeed::builder()
+        .events(["tick"])
         .client_queue(events + 16, 64 * 1024 * 1024)
         .max_connections(clients + 16)
-        .bind()
-        .await
+        .build(Tenants)
         .unwrap();
-    let handle = adapter.handle();
     let emissions = Emissions::builder()
         .adapter_with(
-            "ws",
-            adapter,
+            "live",
+            feed.adapter().unwrap(),
             AdapterOptions::default().overflow(OverflowPolicy::Block),
         )
         .start()
         .await
         .unwrap();
-    let readers = readers(handle.local_addr(), clients, events).await;
-    while handle.stats().connected < clients {
-        tokio::task::yield_now().await;
-    }
+    let (server, readers) = mounted(&feed, clients, events).await;
     let started = Instant::now();
     for i in 0..events {
-        emissions
-            .emit_now("tick", &serde_json::json!({"t": now_micros(), "seq": i}))
-            .await
-            .unwrap();
+        tick(&emissions, i).await;
     }
     let run = collect(started, readers).await;
     emissions.shutdown(Duration::from_secs(5)).await;
+    server.abort();
     run
 }
 
@@ -162,7 +223,7 @@ async fn bare_run(clients: usize, events: usize, batched: bool) -> Run {
             }
         })
     };
-    let readers = readers(addr, clients, events).await;
+    let readers = readers(&format!("ws://{addr}/"), clients, events).await;
     while connected.load(std::sync::atomic::Ordering::SeqCst) < clients {
         tokio::task::yield_now().await;
     }
@@ -182,6 +243,61 @@ async fn bare_run(clients: usize, events: usize, batched: bool) -> Run {
     let run = collect(started, readers).await;
     server.abort();
     run
+}
+
+/// Commit on instance B → frame on a client of instance A, through Kafka: p50/p99 over
+/// `events` events committed one every 2 ms. `None` without a broker.
+#[cfg(feature = "kafka")]
+async fn cluster_latency(events: usize) -> Option<(u64, u64, usize)> {
+    use emissions_kafka::{KafkaBuilderExt, KafkaEndpoint, ValueFormat};
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let brokers = std::env::var("EMISSIONS_KAFKA_BROKERS").ok()?;
+    let topic = format!("feed-bench-{}", now_micros());
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    for result in admin
+        .create_topics(
+            &[NewTopic::new(&topic, 3, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap()
+    {
+        result.unwrap();
+    }
+    // Instance B writes; instance A's feed reads and serves a client.
+    let b = Emissions::builder()
+        .kafka(
+            KafkaEndpoint::new("kafka", &brokers)
+                .topic(&topic)
+                .key_from_metadata("tenant")
+                .value(ValueFormat::Envelope)
+                .property("linger.ms", "0"),
+        )
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    let a = LiveFeed::builder()
+        .events(["tick"])
+        .build_on_kafka(
+            Tenants,
+            emissions_websocket::KafkaSource::new(&brokers, [&topic]),
+        )
+        .await
+        .unwrap();
+    let (server, readers) = mounted(&a, 1, events).await;
+    for i in 0..events {
+        tick(&b, i).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let run = collect(Instant::now(), readers).await;
+    b.shutdown(Duration::from_secs(5)).await;
+    a.shutdown(Duration::from_secs(1)).await;
+    server.abort();
+    Some((run.p50, run.p99, events - run.delivered))
 }
 
 fn main() {
@@ -229,8 +345,21 @@ fn main() {
          {}{}{}",
         row("bare tokio-tungstenite broadcast, flush per frame", &bare),
         row("bare tokio-tungstenite broadcast, batched writes", &batched),
-        row("**WebSocket adapter**", &ours),
+        row(
+            "**live feed** (axum-mounted, every frame authorized)",
+            &ours
+        ),
     );
+    #[cfg(feature = "kafka")]
+    let table = match rt.block_on(cluster_latency(if quick { 10 } else { 500 })) {
+        Some((p50, p99, lost)) => format!(
+            "{table}\nAcross instances through Kafka (commit on instance B → frame on a client of \
+             instance A; one event every 2 ms): p50 {:.1} ms, p99 {:.1} ms, {lost} frames lost.\n",
+            p50 as f64 / 1000.0,
+            p99 as f64 / 1000.0,
+        ),
+        None => table,
+    };
     println!("{table}");
     if !quick {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-results");

@@ -1,56 +1,114 @@
-//! Push committed events to WebSocket clients.
+//! Live feeds of committed events for browsers and other clients: WebSocket and Server-Sent
+//! Events, mounted in the app's axum router, every frame authorized, drained on shutdown, and
+//! across every instance of a service through Kafka.
 //!
-//! [`WebSocketServer`] listens on an address; each committed event becomes one JSON text frame
-//! `{"type":"event","id","name","timestamp","metadata","payload"}`, serialized once and queued
-//! for every client whose subscription matches.
+//! ```no_run
+//! use axum::http::request::Parts;
+//! use emissions_core::{Emissions, Event};
+//! use emissions_websocket::{Authorize, LiveFeed, Refusal};
 //!
-//! # Subscriptions
+//! /// Each user sees the events of their own orders.
+//! struct Users;
 //!
-//! At connect time in the query — `?events=order_created,order_*&topics=orders` (names, a
-//! trailing `*` for a prefix, topics through the server's router; nothing means everything) —
-//! and later with a control message `{"subscribe":{"events":[…],"topics":[…]}}`, answered by
-//! `{"type":"subscribed",…}`. An invalid control message gets `{"type":"error","message":…}`,
-//! not a disconnect.
+//! impl Authorize for Users {
+//!     type Principal = String;
 //!
-//! # Slow clients
+//!     async fn authenticate(&self, request: &mut Parts) -> Result<String, Refusal> {
+//!         // Look the session up (asynchronously), or run the app's own extractor here.
+//!         let cookie = request.headers.get("cookie").and_then(|v| v.to_str().ok());
+//!         match cookie.and_then(|c| c.strip_prefix("user=")) {
+//!             Some(user) => Ok(user.to_owned()),
+//!             None => Err(Refusal::unauthorized("log in first")),
+//!         }
+//!     }
 //!
-//! Each client has a bounded outgoing queue (events and bytes). A client that falls behind is
-//! disconnected with close code **4000** ("slow consumer"); the adapter and every other client
-//! keep flowing, and memory stays within the caps.
+//!     fn may_see(&self, user: &String, event: &Event) -> bool {
+//!         event.metadata().get("user_id").and_then(|v| v.as_str()) == Some(user.as_str())
+//!     }
+//! }
 //!
-//! # Liveness and limits
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let feed = LiveFeed::builder().events(["order_*"]).build(Users)?;
+//! let emissions = Emissions::builder().adapter("live", feed.adapter()?).start().await?;
+//! let app = axum::Router::new().route("/live", feed.handler());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! axum::serve(listener, app).await?;
+//! # let _ = emissions;
+//! # Ok(()) }
+//! ```
 //!
-//! The server pings at an interval and closes a client it has not heard from in time with
-//! **4001** ("ping timeout"). Inbound messages over the limit close with **1009**. Connections
-//! over the cap get HTTP 503, and a handshake must finish in time. On shutdown clients get
-//! **1001**.
+//! # Who sees what
 //!
-//! # Security
+//! Three gates, each only narrowing the one before:
 //!
-//! An authentication hook sees the handshake request (headers, query): a refusal is HTTP 401
-//! before upgrading. An `Origin` allow-list answers 403 before upgrading. The server speaks
-//! plain `ws://`; terminate TLS in front of it (a reverse proxy or load balancer).
+//! 1. **What the feed carries at all** — [`FeedBuilder::events`], [`FeedBuilder::topics`] or,
+//!    explicitly, [`FeedBuilder::all_events`]. Nothing is carried by default: internal events
+//!    never reach a browser unless chosen.
+//! 2. **What the connection may see** — [`Authorize::may_see`] with the principal that
+//!    [`Authorize::authenticate`] returned (401/403 before anything is upgraded). Asked for
+//!    every frame: live, `replay`, `since` resume, after every subscription change. There is
+//!    no default authorization: a feed without users says so with [`Public`].
+//! 3. **What the connection subscribed to** — `?events=order_*,ping&topics=orders` at connect,
+//!    `{"subscribe":{"events":[…],"topics":[…]}}` later (WebSocket), answered by
+//!    `{"type":"subscribed",…}`. Empty means "all I may see", never more.
 //!
-//! # Resume
+//! # Transports
 //!
-//! The last events are kept in a bounded ring. A client reconnecting with
-//! `?last_event_id=<id>` first receives what it missed (as filtered by its subscription), or
-//! `{"type":"resync","reason":"gap too large"}` when the id is no longer in the ring. A client
-//! connecting with `?replay=N` first receives the last N matching events (a live page's recent
-//! history).
+//! The same handler answers a WebSocket upgrade and a request with
+//! `Accept: text/event-stream` (SSE). Event frames are the same JSON on both:
+//! `{"type":"event","id","name","timestamp","metadata","payload","position"}`; SSE sends the
+//! position as `id:`, so a browser's `EventSource` resumes by itself (`Last-Event-ID`).
+//! Control frames (`subscribed`, `error`, `resume`) are `event: control` on SSE. Anything
+//! malformed — a query, a pattern, a control message, any UTF-8 — gets a 400 or an `error`
+//! frame, never a panic; a connection task that ends for any reason deregisters itself.
+//!
+//! # Positions and resume
+//!
+//! Every event frame carries the stream position after it: `EPOCH.O0.O1…`. A client that
+//! reconnects with `?since=<position>` (or `Last-Event-ID`) first gets exactly the events it
+//! missed and may see, then `{"type":"resume","recovered":true,"missed":N}`; when they cannot
+//! be recovered it gets `{"recovered":false,"reason":…}` and continues live. `?replay=N`
+//! starts with the last N events it may see.
+//!
+//! | source | a position survives | it does not survive |
+//! |---|---|---|
+//! | in-process ([`LiveFeed::adapter`]) | reconnecting to the same process, within the history | a restart, another instance |
+//! | Kafka (feature `kafka`) | reconnecting to any instance, restarts, within each instance's history (filled from Kafka at start) | history evicted, a change in the topics' partitions, a re-created topic (set a new epoch) |
+//!
+//! # Slow clients and shutdown
+//!
+//! Each connection has a bounded queue (frames and bytes). A client that falls behind is cut
+//! off (close code **4000**); the feed and every other client keep flowing. WebSocket clients
+//! are pinged and closed with **4001** when silent; oversized inbound messages close with
+//! **1009**; over the connection cap, or during shutdown, requests get 503. On shutdown each
+//! connection first gets what was queued for it, then a **1001** close; what the deadline
+//! cuts off is counted frame by frame in [`FeedStats::dropped_frames`]. Every frame queued
+//! for a connection ends in [`FeedStats::frames_sent`] or [`FeedStats::dropped_frames`].
 //!
 //! # Telemetry
 //!
-//! The core's adapter events, plus [`WebSocketHandle::stats`] (connected, accepted, rejected,
-//! disconnects by reason, dropped frames) and `tracing` events under `emissions::websocket`.
+//! The core's adapter events, [`LiveFeed::stats`], and `tracing` events under
+//! `emissions::websocket`.
 #![doc(test(attr(deny(warnings))))]
 
+mod adapter;
+mod config;
+mod connection;
 mod error;
+mod feed;
+mod frame;
 mod hub;
-mod server;
-mod subscription;
+#[cfg(feature = "kafka")]
+mod kafka;
+mod position;
+mod selection;
 
+pub use adapter::FeedAdapter;
+pub use config::{Authorize, FeedBuilder, Public, Refusal};
+pub use connection::FeedRequest;
 pub use error::Error;
-pub use hub::{Disconnect, WebSocketStats};
-pub use server::{WebSocketAdapter, WebSocketHandle, WebSocketServer};
-pub use tokio_tungstenite::tungstenite::handshake::server::Request;
+pub use feed::LiveFeed;
+pub use hub::{Disconnect, FeedStats};
+#[cfg(feature = "kafka")]
+pub use kafka::KafkaSource;

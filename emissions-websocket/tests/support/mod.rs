@@ -1,0 +1,281 @@
+//! Shared by the feed tests: an app with two users, real sockets on loopback, and clients.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::http::request::Parts;
+use emissions_core::{AdapterOptions, Emissions, Event, RetryPolicy};
+use emissions_websocket::{Authorize, FeedBuilder, LiveFeed, Refusal};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Users log in with a `user=NAME` cookie (asynchronously looked up); each sees the events
+/// whose metadata `user_id` is theirs. An event named `boom` makes `may_see` panic.
+pub(crate) struct Users;
+
+impl Authorize for Users {
+    type Principal = String;
+
+    async fn authenticate(&self, request: &mut Parts) -> Result<String, Refusal> {
+        tokio::task::yield_now().await; // a session lookup
+        let cookie = request
+            .headers
+            .get("cookie")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        match cookie.strip_prefix("user=") {
+            Some(user) if !user.is_empty() => Ok(user.to_owned()),
+            _ => Err(Refusal::unauthorized("log in first")),
+        }
+    }
+
+    fn may_see(&self, user: &String, event: &Event) -> bool {
+        assert!(event.name() != "boom", "may_see panics on boom");
+        event.metadata().get("user_id").and_then(|v| v.as_str()) == Some(user.as_str())
+    }
+}
+
+pub(crate) struct App {
+    pub emissions: Emissions,
+    pub feed: LiveFeed<Users>,
+    pub addr: SocketAddr,
+}
+
+/// The feed mounted at `/live` in the app's own router, its adapter registered.
+pub(crate) async fn app(builder: FeedBuilder) -> App {
+    let feed = builder.build(Users).unwrap();
+    let emissions = Emissions::builder()
+        .adapter_with(
+            "live",
+            feed.adapter().unwrap(),
+            AdapterOptions::default().retry(RetryPolicy::none()),
+        )
+        .start()
+        .await
+        .unwrap();
+    mount(emissions, feed).await
+}
+
+/// The app: its own routes, and the feed at `/live`, on a loopback port.
+pub(crate) async fn mount(emissions: Emissions, feed: LiveFeed<Users>) -> App {
+    let router = axum::Router::new()
+        .route("/health", axum::routing::get(|| async { "ok" }))
+        .route("/live", feed.handler());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    App {
+        emissions,
+        feed,
+        addr,
+    }
+}
+
+/// Commits one event per `(name, user)`, in order, and waits until delivered.
+pub(crate) async fn commit(emissions: &Emissions, events: &[(&'static str, &str)]) -> Vec<Event> {
+    let buffer = emissions.start();
+    for (i, (name, user)) in events.iter().enumerate() {
+        let mut metadata = emissions_core::Metadata::new();
+        metadata.insert("user_id".into(), json!(user));
+        buffer
+            .emit_with_metadata(*name, &json!({"seq": i, "user": user}), metadata)
+            .unwrap();
+    }
+    let events = buffer.events();
+    buffer.commit().await.unwrap().settled().await;
+    events
+}
+
+/// Commits `n` events `order_created` of `user` with `pad` bytes of padding each.
+pub(crate) async fn commit_padded(emissions: &Emissions, n: usize, user: &str, pad: usize) {
+    let buffer = emissions.start();
+    for i in 0..n {
+        let mut metadata = emissions_core::Metadata::new();
+        metadata.insert("user_id".into(), json!(user));
+        buffer
+            .emit_with_metadata(
+                "order_created",
+                &json!({"seq": i, "user": user, "pad": "x".repeat(pad)}),
+                metadata,
+            )
+            .unwrap();
+    }
+    buffer.commit().await.unwrap().settled().await;
+}
+
+/// Waits until `condition` holds, failing after 10 s.
+pub(crate) async fn until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A WebSocket client of `user` (None: no cookie) with a query; Err is the HTTP status.
+pub(crate) async fn try_ws(
+    addr: SocketAddr,
+    user: Option<&str>,
+    query: &str,
+    headers: &[(&'static str, &str)],
+) -> Result<Ws, u16> {
+    let mut request = format!("ws://{addr}/live?{query}")
+        .into_client_request()
+        .unwrap();
+    if let Some(user) = user {
+        request
+            .headers_mut()
+            .insert("cookie", format!("user={user}").parse().unwrap());
+    }
+    for (name, value) in headers {
+        request.headers_mut().insert(*name, value.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(WsError::Http(response)) => Err(response.status().as_u16()),
+        Err(other) => panic!("unexpected handshake error: {other}"),
+    }
+}
+
+/// A registered WebSocket client of `user`.
+pub(crate) async fn ws(app: &App, user: &str, query: &str) -> Ws {
+    let before = app.feed.stats().accepted;
+    let ws = try_ws(app.addr, Some(user), query, &[]).await.unwrap();
+    until("registered", || app.feed.stats().accepted > before).await;
+    ws
+}
+
+/// The next text frame as JSON (skipping pings), failing after 10 s.
+pub(crate) async fn next_json(ws: &mut Ws) -> Value {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a frame within 10 s")
+            .expect("stream open")
+            .expect("no error");
+        if let Message::Text(text) = message {
+            return serde_json::from_str(&text).unwrap();
+        }
+    }
+}
+
+/// Event frames until `n` have arrived.
+pub(crate) async fn events(ws: &mut Ws, n: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let frame = next_json(ws).await;
+        assert_eq!(frame["type"], "event", "{frame}");
+        out.push(frame);
+    }
+    out
+}
+
+/// Asserts that nothing arrives for a while (the frames that do arrive are shown).
+pub(crate) async fn quiet(ws: &mut Ws) {
+    match tokio::time::timeout(Duration::from_millis(300), ws.next()).await {
+        Err(_) => {}
+        Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+        Ok(other) => panic!("expected nothing, got {other:?}"),
+    }
+}
+
+/// Reads until the close frame; returns its code.
+pub(crate) async fn close_code(ws: &mut Ws) -> Option<u16> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("closed within 20 s")
+        {
+            Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return None,
+        }
+    }
+}
+
+/// Sends a control message and returns the answer.
+pub(crate) async fn control(ws: &mut Ws, message: Value) -> Value {
+    ws.send(Message::Text(message.to_string().into()))
+        .await
+        .unwrap();
+    next_json(ws).await
+}
+
+/// The `user` field of each frame's payload.
+pub(crate) fn users_of(frames: &[Value]) -> Vec<String> {
+    frames
+        .iter()
+        .map(|f| f["payload"]["user"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// An SSE response body, parsed into `(id, data)` events as they arrive.
+pub(crate) struct Sse {
+    response: reqwest::Response,
+    buffer: Vec<u8>,
+}
+
+impl Sse {
+    pub(crate) async fn open(
+        addr: SocketAddr,
+        user: &str,
+        query: &str,
+        last_event_id: Option<&str>,
+    ) -> Result<Sse, u16> {
+        let mut request = reqwest::Client::new()
+            .get(format!("http://{addr}/live?{query}"))
+            .header("accept", "text/event-stream")
+            .header("cookie", format!("user={user}"));
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        let response = request.send().await.unwrap();
+        if !response.status().is_success() {
+            return Err(response.status().as_u16());
+        }
+        assert_eq!(
+            response.headers()["content-type"].to_str().unwrap(),
+            "text/event-stream"
+        );
+        Ok(Sse {
+            response,
+            buffer: Vec::new(),
+        })
+    }
+
+    /// The next event's `(event, id, data)`; `None` when the stream ended.
+    pub(crate) async fn next(&mut self) -> Option<(Option<String>, Option<String>, Value)> {
+        loop {
+            if let Some(end) = self.buffer.windows(2).position(|w| w == b"\n\n") {
+                let block: Vec<u8> = self.buffer.drain(..end + 2).collect();
+                let block = String::from_utf8(block).unwrap();
+                let (mut kind, mut id, mut data) = (None, None, String::new());
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event: ") {
+                        kind = Some(v.to_owned());
+                    } else if let Some(v) = line.strip_prefix("id: ") {
+                        id = Some(v.to_owned());
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        data.push_str(v);
+                    }
+                }
+                if data.is_empty() {
+                    continue; // a keep-alive comment
+                }
+                return Some((kind, id, serde_json::from_str(&data).unwrap()));
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(10), self.response.chunk())
+                .await
+                .expect("an SSE chunk within 10 s")
+                .ok()??;
+            self.buffer.extend_from_slice(&chunk);
+        }
+    }
+}
