@@ -191,7 +191,7 @@ pub(crate) enum Carried {
 
 /// Builds a [`LiveFeed`](crate::LiveFeed): what it carries (required), limits, origins.
 ///
-/// Defaults: per-connection queue of 1 024 frames and 1 MiB; ping every 20 s, close after
+/// Defaults: a connection may fall 1 024 frames or 1 MiB behind; ping every 20 s, close after
 /// 10 s more without a frame from the client; inbound messages up to 16 KiB; 10 000
 /// connections; a history of the last 1 024 events for resume and replay; any `Origin`.
 #[must_use]
@@ -269,8 +269,12 @@ impl FeedBuilder {
         self
     }
 
-    /// Per-connection queue: at most `events` frames and `bytes` bytes waiting. A client that
-    /// falls further behind is cut off (close code 4000). Defaults to 1 024 and 1 MiB.
+    /// How far a connection may fall behind: at most `events` frames and `bytes` bytes of
+    /// the feed (counted over every frame the feed carries, whether or not it may see them).
+    /// A client further behind is cut off (close code 4000); the others never wait for it.
+    /// Frames live once, in a ring shared by every connection (`max(history, events)`
+    /// frames), so memory does not grow with the number of connections. Defaults to 1 024
+    /// and 1 MiB.
     ///
     /// See [`LiveFeed`](crate::LiveFeed).
     pub fn client_queue(mut self, events: usize, bytes: usize) -> Self {
@@ -306,7 +310,8 @@ impl FeedBuilder {
         self
     }
 
-    /// How many recent events are kept for `since` resume and `replay`. Defaults to 1 024.
+    /// How many recent events, at least, are kept for `since` resume and `replay` (the ring
+    /// holds `max(history, client_queue events)`). Defaults to 1 024.
     ///
     /// See [`LiveFeed`](crate::LiveFeed).
     pub fn history(mut self, events: usize) -> Self {

@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use serde::Deserialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::hub::{Disconnect, Entry, Hub, Out, Registration, Slot, Start, Visible};
+use crate::hub::{Disconnect, Entry, Hub, Out, Outlet, Pull, Registration, Slot, Start, Visible};
 use crate::selection::Selection;
 
 /// A feed request, read from the request head: the transport (a WebSocket upgrade, or SSE
@@ -80,14 +81,19 @@ impl<S: Send + Sync> FromRequestParts<S> for FeedRequest {
             Some(Err(_)) => return Err(bad_request("Last-Event-ID is not a position")),
             None => None,
         };
-        let start = match (param("since").or(last_event_id), param("replay")) {
-            (Some(_), Some(_)) => return Err(bad_request("either since or replay, not both")),
-            (Some(position), None) => Start::Since(position),
-            (None, Some(n)) => Start::Replay(
+        // A reconnecting EventSource repeats its URL and adds Last-Event-ID: the header is
+        // the newer position and wins over `since` and `replay` in the URL.
+        let start = match (last_event_id, param("since"), param("replay")) {
+            (Some(position), _, _) => Start::Since(position),
+            (None, Some(_), Some(_)) => {
+                return Err(bad_request("either since or replay, not both"));
+            }
+            (None, Some(position), None) => Start::Since(position),
+            (None, None, Some(n)) => Start::Replay(
                 n.parse::<usize>()
                     .map_err(|_| bad_request("replay must be a number"))?,
             ),
-            (None, None) => Start::Now,
+            (None, None, None) => Start::Now,
         };
         let origin = header_text(header::ORIGIN).and_then(Result::ok);
         let upgrade = parts
@@ -185,14 +191,14 @@ pub(crate) async fn websocket(
     drop(registration);
 }
 
-/// Writes `frames` with one flush; counts them sent once flushed.
+/// Writes `frames` (already counted as being written) with one flush; counts them sent once
+/// flushed.
 async fn write(
     socket: &mut WebSocket,
     registration: &Registration,
     frames: Vec<Arc<Entry>>,
-    bytes: usize,
 ) -> Result<(), Disconnect> {
-    registration.writing(frames.len() as u64, bytes);
+    let n = frames.len() as u64;
     for entry in frames {
         socket
             .feed(Message::Text(entry.text.clone()))
@@ -200,8 +206,25 @@ async fn write(
             .map_err(write_error)?;
     }
     socket.flush().await.map_err(write_error)?;
-    registration.written();
+    registration.written(n);
     Ok(())
+}
+
+/// Races a write against the hub letting go of the connection (slow), the shutdown cut, and
+/// the client's liveness: a client that takes no bytes for a ping interval and timeout is
+/// gone (4001), so no write waits forever.
+async fn guarded(
+    write: impl Future<Output = Result<(), Disconnect>>,
+    outlet: &Outlet,
+    cut: &mut watch::Receiver<bool>,
+    patience: Duration,
+) -> Result<(), Disconnect> {
+    tokio::select! {
+        written = write => written,
+        () = outlet.kick.notified() => Err(outlet.reason().unwrap_or(Disconnect::Shutdown)),
+        () = cut_off(cut) => Err(Disconnect::Shutdown),
+        () = tokio::time::sleep(patience) => Err(Disconnect::PingTimeout),
+    }
 }
 
 async fn pump(
@@ -212,68 +235,64 @@ async fn pump(
 ) -> Result<Disconnect, Disconnect> {
     let stopped =
         |registration: &Registration| registration.outlet.reason().unwrap_or(Disconnect::Shutdown);
+    let limits = &hub.limits;
+    let patience = limits.ping_interval + limits.pong_timeout;
+    let outlet = registration.outlet.clone();
     for out in std::mem::take(&mut registration.preface) {
         let sent = async {
             match out {
-                Out::Event(entry) => write(socket, registration, vec![entry], 0).await,
+                Out::Event(entry) => {
+                    registration.writing_preface(1);
+                    write(socket, registration, vec![entry]).await
+                }
                 Out::Control(text) => socket
                     .send(Message::Text(Utf8Bytes::from(text)))
                     .await
-                    .map_err(|_| Disconnect::Error),
+                    .map_err(write_error),
             }
         };
-        tokio::select! {
-            sent = sent => sent?,
-            () = cut_off(cut) => return Err(Disconnect::Shutdown),
-        }
+        guarded(sent, &outlet, cut, patience).await?;
     }
     let mut last_heard = Instant::now();
-    let limits = &hub.limits;
     let mut ping =
         tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
     loop {
-        let frames = tokio::select! {
-            first = registration.rx.recv() => match first {
-                Some(first) => {
-                    let mut frames = vec![first];
-                    while frames.len() < WRITE_BATCH {
-                        let Ok(next) = registration.rx.try_recv() else { break };
-                        frames.push(next);
-                    }
-                    frames
-                }
-                // The hub let go: everything queued has been written.
-                None => return Ok(stopped(registration)),
-            },
-            () = registration.outlet.kick.notified() => return Ok(stopped(registration)),
+        let published = hub.published.notified();
+        tokio::pin!(published);
+        published.as_mut().enable();
+        match registration.pull(WRITE_BATCH) {
+            Pull::Frames(frames) => {
+                guarded(write(socket, registration, frames), &outlet, cut, patience).await?;
+                continue;
+            }
+            // The feed shuts down and everything for this connection has been written.
+            Pull::Drained => return Ok(Disconnect::Shutdown),
+            Pull::Closed => return Ok(stopped(registration)),
+            Pull::Idle => {}
+        }
+        let outbound = tokio::select! {
+            () = &mut published => continue,
+            () = outlet.kick.notified() => return Ok(stopped(registration)),
             () = cut_off(cut) => return Err(Disconnect::Shutdown),
             inbound = socket.recv() => {
                 last_heard = Instant::now();
-                let reply = match inbound {
+                match inbound {
                     None | Some(Ok(Message::Close(_))) => return Ok(Disconnect::Client),
                     Some(Ok(Message::Text(text))) => apply(text.as_str(), registration),
                     Some(Ok(Message::Binary(_))) => control("error", serde_json::json!({"message": "binary messages are not supported"})),
                     Some(Ok(_)) => continue, // ping (answered by the library), pong
                     Some(Err(err)) => return Err(inbound_error(&err)),
-                };
-                socket.send(reply).await.map_err(|_| Disconnect::Error)?;
-                continue;
+                }
             },
             _ = ping.tick() => {
-                if last_heard.elapsed() > limits.ping_interval + limits.pong_timeout {
+                if last_heard.elapsed() > patience {
                     return Err(Disconnect::PingTimeout);
                 }
-                socket.send(Message::Ping(Default::default())).await.map_err(|_| Disconnect::Error)?;
-                continue;
+                Message::Ping(Default::default())
             },
         };
-        let bytes = frames.iter().map(|f| f.text.len()).sum();
-        let outlet = registration.outlet.clone();
-        tokio::select! {
-            sent = write(socket, registration, frames, bytes) => sent?,
-            () = outlet.kick.notified() => return Ok(stopped(registration)),
-            () = cut_off(cut) => return Err(Disconnect::Shutdown),
-        }
+        let send = async { socket.send(outbound).await.map_err(write_error) };
+        guarded(send, &outlet, cut, patience).await?;
     }
 }
 
@@ -309,6 +328,9 @@ fn inbound_error(err: &axum::Error) -> Disconnect {
 struct SseFeed {
     hub: Arc<Hub>,
     registration: Registration,
+    preface: VecDeque<Out>,
+    /// Pulled from the feed, not yet handed to the server.
+    pending: VecDeque<Arc<Entry>>,
     cut: watch::Receiver<bool>,
     reason: Disconnect,
 }
@@ -317,10 +339,71 @@ impl SseFeed {
     fn ended(&mut self, reason: Disconnect) {
         self.reason = reason;
     }
+
+    /// The next frame, or `None` when the connection is over.
+    async fn next(&mut self) -> Option<SseEvent> {
+        if let Some(out) = self.preface.pop_front() {
+            return Some(match out {
+                Out::Event(entry) => {
+                    self.registration.writing_preface(1);
+                    self.registration.written(1);
+                    event_frame(&entry)
+                }
+                Out::Control(text) => SseEvent::default().event("control").data(text),
+            });
+        }
+        loop {
+            if let Some(entry) = self.pending.pop_front() {
+                self.registration.written(1);
+                return Some(event_frame(&entry));
+            }
+            let hub = self.hub.clone();
+            let published = hub.published.notified();
+            tokio::pin!(published);
+            published.as_mut().enable();
+            match self.registration.pull(WRITE_BATCH) {
+                Pull::Frames(frames) => {
+                    self.pending.extend(frames);
+                    continue;
+                }
+                Pull::Drained => {
+                    self.ended(Disconnect::Shutdown);
+                    return None;
+                }
+                Pull::Closed => {
+                    let reason = self
+                        .registration
+                        .outlet
+                        .reason()
+                        .unwrap_or(Disconnect::Shutdown);
+                    self.ended(reason);
+                    return None;
+                }
+                Pull::Idle => {}
+            }
+            let outlet = self.registration.outlet.clone();
+            let stop = tokio::select! {
+                biased;
+                () = outlet.kick.notified() => Some(outlet.reason().unwrap_or(Disconnect::Shutdown)),
+                () = cut_off(&mut self.cut) => Some(Disconnect::Shutdown),
+                () = &mut published => None,
+            };
+            if let Some(reason) = stop {
+                self.ended(reason);
+                return None;
+            }
+        }
+    }
 }
 
 impl Drop for SseFeed {
     fn drop(&mut self) {
+        if *self.cut.borrow() {
+            // Cut off by the shutdown deadline (the server may drop the stream much later).
+            self.reason = Disconnect::Shutdown;
+        }
+        // Pulled but never handed to the server: dropped, not unconfirmed.
+        self.registration.unwritten(self.pending.len() as u64);
         self.hub.disconnected(self.reason);
     }
 }
@@ -338,11 +421,15 @@ impl Joining {
     /// instance to come within reach; `None` when the feed is shutting down.
     pub(crate) async fn register(self, hub: &Arc<Hub>) -> Option<Registration> {
         if let Start::Since(position) = &self.start {
+            hub.until_loaded(HISTORY_WAIT).await;
             hub.reach(position).await;
         }
         hub.register(self.slot, self.visible, self.subscription, self.start)
     }
 }
+
+/// Longest a resuming connection waits for a Kafka source to read its history.
+const HISTORY_WAIT: Duration = Duration::from_secs(30);
 
 /// The SSE frames of one connection: `id:` is the position after each event, `data:` the
 /// same JSON as a WebSocket frame; control frames are `event: control`. Each event frame
@@ -369,39 +456,14 @@ fn sse_frames(
     let feed = SseFeed {
         hub,
         registration,
+        preface,
+        pending: VecDeque::new(),
         cut,
         reason: Disconnect::Client,
     };
-    futures_util::stream::unfold((feed, preface), |(mut feed, mut preface)| async move {
-        if let Some(out) = preface.pop_front() {
-            let frame = match out {
-                Out::Event(entry) => {
-                    feed.registration.writing(1, 0);
-                    feed.registration.written();
-                    event_frame(&entry)
-                }
-                Out::Control(text) => SseEvent::default().event("control").data(text),
-            };
-            return Some((Ok(frame), (feed, preface)));
-        }
-        let outlet = feed.registration.outlet.clone();
-        let next = tokio::select! {
-            biased;
-            () = outlet.kick.notified() => None,
-            () = cut_off(&mut feed.cut) => None,
-            next = feed.registration.rx.recv() => next,
-        };
-        match next {
-            Some(entry) => {
-                feed.registration.writing(1, entry.text.len());
-                feed.registration.written();
-                Some((Ok(event_frame(&entry)), (feed, preface)))
-            }
-            None => {
-                feed.ended(outlet.reason().unwrap_or(Disconnect::Shutdown));
-                None
-            }
-        }
+    futures_util::stream::unfold(feed, |mut feed| async move {
+        let frame = feed.next().await?;
+        Some((Ok(frame), feed))
     })
 }
 

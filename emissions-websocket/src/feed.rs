@@ -2,6 +2,7 @@
 //! the same handler), statistics and shutdown.
 
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -13,6 +14,7 @@ use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::MethodRouter;
 use emissions_core::{Event, TopicRouter};
+use futures_util::FutureExt;
 use tokio::net::TcpListener;
 
 use crate::Error;
@@ -164,11 +166,18 @@ impl<A: Authorize> LiveFeed<A> {
 
     async fn authenticate_and_serve(&self, request: axum::extract::Request) -> Response {
         let (mut parts, _body) = request.into_parts();
-        let principal = match self.inner.auth.authenticate(&mut parts).await {
-            Ok(principal) => principal,
-            Err(refusal) => {
+        let authenticating = AssertUnwindSafe(self.inner.auth.authenticate(&mut parts));
+        let principal = match authenticating.catch_unwind().await {
+            Ok(Ok(principal)) => principal,
+            Ok(Err(refusal)) => {
                 self.inner.hub.rejected(refusal.message());
                 return refusal.into_response();
+            }
+            Err(_) => {
+                self.inner.hub.rejected("authenticate panicked");
+                tracing::error!(target: "emissions::websocket", "the feed's authenticate panicked; the request is refused");
+                return (StatusCode::INTERNAL_SERVER_ERROR, "authentication failed")
+                    .into_response();
             }
         };
         match FeedRequest::from_request_parts(&mut parts, &()).await {

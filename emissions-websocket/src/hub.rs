@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use axum::extract::ws::Utf8Bytes;
 use emissions_core::Event;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -98,7 +98,8 @@ pub struct FeedStats {
     pub connected: usize,
     /// Connections accepted since start.
     pub accepted: u64,
-    /// Requests refused (authentication, origin, capacity, shutdown, bad request).
+    /// Requests refused (authentication — including a panicking `authenticate`, answered
+    /// 500 —, origin, capacity, shutdown, bad request).
     pub rejected: u64,
     /// Ended connections by reason.
     pub disconnects: Vec<(Disconnect, u64)>,
@@ -149,19 +150,40 @@ pub(crate) enum Out {
     Control(String),
 }
 
-/// The books of one connection: frames queued, and frames being written; settled exactly
-/// once into `dropped_frames` and `unconfirmed_frames`.
+/// Who a connection is: what it may see, what it subscribed to, and (after a resume) below
+/// which offsets of each stream it has already been served.
+pub(crate) struct Viewer {
+    visible: Visible,
+    subscription: RwLock<Selection>,
+    skip_below: Vec<u64>,
+}
+
+impl Viewer {
+    fn shows(&self, hub: &Hub, subscription: &Selection, entry: &Entry) -> bool {
+        self.skip_below
+            .get(entry.stream)
+            .is_none_or(|below| entry.offset >= *below)
+            && subscription.narrows_to(entry.event.name(), entry.topic.as_deref())
+            && hub.allowed(&self.visible, &entry.event)
+    }
+}
+
+/// The books and the read position of one connection.
 #[derive(Default)]
 pub(crate) struct Outlet {
     books: Mutex<Books>,
-    queued_bytes: AtomicUsize,
+    /// The next ring sequence number this connection reads.
+    cursor: AtomicU64,
     reason: Mutex<Option<Disconnect>>,
     pub(crate) kick: Notify,
 }
 
+/// Frames of one connection not yet settled; closed once settled (then nothing more counts).
 #[derive(Default)]
 struct Books {
-    queued: u64,
+    /// Taken for this connection (its preface, or pulled and set aside), not being written.
+    unsent: u64,
+    /// Being written.
     writing: u64,
     closed: bool,
 }
@@ -182,58 +204,83 @@ impl Outlet {
     }
 }
 
+/// What a connection finds when it reads the feed.
+pub(crate) enum Pull {
+    /// Frames for it, now counted as being written.
+    Frames(Vec<Arc<Entry>>),
+    /// Nothing new yet.
+    Idle,
+    /// The feed shuts down and it has read everything.
+    Drained,
+    /// Its books are closed: cut off as slow, or by the shutdown deadline.
+    Closed,
+}
+
 /// A connection's side of the hub, from registration to its end. Dropping it (the
 /// connection ended, or its task panicked) deregisters it and settles its books.
 pub(crate) struct Registration {
     hub: Arc<Hub>,
     id: u64,
-    pub(crate) rx: mpsc::Receiver<Arc<Entry>>,
+    viewer: Arc<Viewer>,
     pub(crate) outlet: Arc<Outlet>,
-    pub(crate) subscription: Arc<RwLock<Selection>>,
     pub(crate) preface: Vec<Out>,
     _slot: Slot,
 }
 
 impl Registration {
-    /// `n` frames taken to be written, `bytes` of them from the queue.
-    pub(crate) fn writing(&self, n: u64, bytes: usize) {
-        if bytes > 0 {
-            self.outlet.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
-        }
+    /// Reads up to `max` frames for this connection and counts them as being written.
+    pub(crate) fn pull(&self, max: usize) -> Pull {
+        self.hub.pull(&self.viewer, &self.outlet, max)
+    }
+
+    /// `n` preface frames are being written.
+    pub(crate) fn writing_preface(&self, n: u64) {
         let mut books = self.outlet.books();
         if !books.closed {
-            let n = n.min(books.queued);
-            books.queued -= n;
+            let n = n.min(books.unsent);
+            books.unsent -= n;
             books.writing += n;
         }
     }
 
-    /// The frames being written are written.
-    pub(crate) fn written(&self) {
+    /// `n` of the frames being written are written.
+    pub(crate) fn written(&self, n: u64) {
         let mut books = self.outlet.books();
         if !books.closed {
-            self.hub
-                .frames_sent
-                .fetch_add(books.writing, Ordering::Relaxed);
-            books.writing = 0;
+            let n = n.min(books.writing);
+            books.writing -= n;
+            self.hub.frames_sent.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// `n` frames taken to be written are set aside unwritten (dropped at settlement).
+    pub(crate) fn unwritten(&self, n: u64) {
+        let mut books = self.outlet.books();
+        if !books.closed {
+            let n = n.min(books.writing);
+            books.writing -= n;
+            books.unsent += n;
         }
     }
 
     /// Replaces the subscription (only ever narrows what `may_see` allows).
     pub(crate) fn subscribe(&self, selection: Selection) {
-        *self.subscription.write().unwrap_or_else(|e| e.into_inner()) = selection;
+        *self
+            .viewer
+            .subscription
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = selection;
     }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.rx.close();
-        let mut state = self.hub.lock();
+        let mut state = self.hub.write();
         state.clients.remove(&self.id);
         state.outlets.remove(&self.id);
+        self.hub.settle(&state, &self.viewer, &self.outlet);
         let empty = state.outlets.is_empty();
         drop(state);
-        self.hub.settle(&self.outlet);
         if empty {
             self.hub.idle.notify_waiters();
         }
@@ -249,12 +296,10 @@ impl Drop for Slot {
     }
 }
 
-/// The hub's view of a registered connection.
+/// A registered connection, as the hub sees it.
+#[derive(Clone)]
 struct Client {
-    visible: Visible,
-    subscription: Arc<RwLock<Selection>>,
-    skip_below: Vec<u64>,
-    tx: mpsc::Sender<Arc<Entry>>,
+    viewer: Arc<Viewer>,
     outlet: Arc<Outlet>,
 }
 
@@ -270,10 +315,28 @@ pub(crate) enum Start {
     Replay(usize),
 }
 
+/// One entry of the ring: its sequence number is its index in the feed since start.
+struct Kept {
+    /// Bytes of every frame before this one since start (for the byte limit).
+    bytes_before: u64,
+    /// Read at start from the source's history: kept for resume and replay, never sent live.
+    history: bool,
+    entry: Arc<Entry>,
+}
+
 struct State {
+    /// Connections fed live (a slow one leaves this map when it is cut off).
     clients: HashMap<u64, Client>,
-    outlets: HashMap<u64, Arc<Outlet>>,
-    ring: VecDeque<Arc<Entry>>,
+    /// Connections not yet ended.
+    outlets: HashMap<u64, Client>,
+    /// The last frames of the feed, shared by every connection: each reads it at its own
+    /// pace; the ring holds `max(history, client queue)` frames.
+    ring: VecDeque<Kept>,
+    /// The sequence number of the next frame.
+    next_seq: u64,
+    next_bytes: u64,
+    /// Frames and bytes since connections were last checked for lag.
+    since_check: (u64, u64),
     epoch: String,
     /// Per stream: the next offset not yet published.
     cursor: Vec<u64>,
@@ -283,11 +346,27 @@ struct State {
     /// position beyond it belongs to another incarnation of the stream.
     horizon: Vec<u64>,
     shutting_down: bool,
+    /// A Kafka source still reading its history: a position cannot be resumed yet.
+    loading: bool,
+}
+
+impl State {
+    fn front_seq(&self) -> u64 {
+        self.next_seq - self.ring.len() as u64
+    }
+
+    fn bytes_at(&self, seq: u64) -> u64 {
+        let front = self.front_seq();
+        match self.ring.get(seq.saturating_sub(front) as usize) {
+            Some(kept) if seq >= front => kept.bytes_before,
+            _ => self.next_bytes,
+        }
+    }
 }
 
 pub(crate) struct Hub {
     pub(crate) limits: Limits,
-    state: Mutex<State>,
+    state: RwLock<State>,
     next_id: AtomicU64,
     connections: AtomicUsize,
     accepted: AtomicU64,
@@ -297,6 +376,8 @@ pub(crate) struct Hub {
     dropped_frames: AtomicU64,
     unconfirmed_frames: AtomicU64,
     authorization_panics: AtomicU64,
+    /// Woken when frames are published or the shutdown starts.
+    pub(crate) published: Notify,
     idle: Notify,
     cut: watch::Sender<bool>,
     /// The standalone listener and the Kafka source: stopped when the shutdown starts.
@@ -305,6 +386,7 @@ pub(crate) struct Hub {
     horizon_source: std::sync::atomic::AtomicBool,
     pub(crate) horizon_wanted: Notify,
     horizon_moved: Notify,
+    loaded: Notify,
 }
 
 impl Drop for Hub {
@@ -324,15 +406,19 @@ impl Hub {
     pub(crate) fn new(limits: Limits, epoch: String, starts: Vec<u64>) -> Self {
         Hub {
             limits,
-            state: Mutex::new(State {
+            state: RwLock::new(State {
                 clients: HashMap::new(),
                 outlets: HashMap::new(),
                 ring: VecDeque::new(),
+                next_seq: 0,
+                next_bytes: 0,
+                since_check: (0, 0),
                 epoch,
                 cursor: starts.clone(),
                 horizon: starts.clone(),
                 floor: starts,
                 shutting_down: false,
+                loading: false,
             }),
             next_id: AtomicU64::new(1),
             connections: AtomicUsize::new(0),
@@ -343,21 +429,53 @@ impl Hub {
             dropped_frames: AtomicU64::new(0),
             unconfirmed_frames: AtomicU64::new(0),
             authorization_panics: AtomicU64::new(0),
+            published: Notify::new(),
             idle: Notify::new(),
             cut: watch::Sender::new(false),
             tasks: Mutex::new(Vec::new()),
             horizon_source: std::sync::atomic::AtomicBool::new(false),
             horizon_wanted: Notify::new(),
             horizon_moved: Notify::new(),
+            loaded: Notify::new(),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    /// Whether the source is still reading its history (resume waits for it).
+    #[cfg(feature = "kafka")]
+    pub(crate) fn set_loading(&self, loading: bool) {
+        self.write().loading = loading;
+        if !loading {
+            self.loaded.notify_waiters();
+        }
+    }
+
+    /// Waits (up to `max`) until the source has read its history.
+    pub(crate) async fn until_loaded(&self, max: std::time::Duration) {
+        let deadline = Instant::now() + max;
+        loop {
+            let loaded = self.loaded.notified();
+            tokio::pin!(loaded);
+            loaded.as_mut().enable();
+            if !self.read().loading {
+                return;
+            }
+            tokio::select! {
+                () = loaded => {}
+                () = tokio::time::sleep_until(deadline) => return,
+            }
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn epoch(&self) -> String {
-        self.lock().epoch.clone()
+        self.read().epoch.clone()
     }
 
     pub(crate) fn own_task(&self, task: JoinHandle<()>) {
@@ -372,7 +490,7 @@ impl Hub {
     }
 
     pub(crate) fn is_shutting_down(&self) -> bool {
-        self.lock().shutting_down
+        self.read().shutting_down
     }
 
     /// A watch that turns `true` when the shutdown deadline cuts every connection off.
@@ -399,7 +517,7 @@ impl Hub {
 
     pub(crate) fn stats(&self) -> FeedStats {
         FeedStats {
-            connected: self.lock().outlets.len(),
+            connected: self.read().outlets.len(),
             accepted: self.accepted.load(Ordering::Relaxed),
             rejected: self.rejected.load(Ordering::Relaxed),
             disconnects: Disconnect::ALL
@@ -425,19 +543,32 @@ impl Hub {
         }
     }
 
-    /// Settles a connection's books once: what is still queued is dropped, what was being
-    /// written is unconfirmed.
-    fn settle(&self, outlet: &Outlet) {
+    /// Settles a connection's books once: frames for it still in the ring past its cursor,
+    /// and frames set aside, are dropped; frames being written are unconfirmed.
+    fn settle(&self, state: &State, viewer: &Viewer, outlet: &Outlet) {
         let mut books = outlet.books();
-        if !books.closed {
-            books.closed = true;
-            self.dropped_frames
-                .fetch_add(books.queued, Ordering::Relaxed);
-            self.unconfirmed_frames
-                .fetch_add(books.writing, Ordering::Relaxed);
-            books.queued = 0;
-            books.writing = 0;
+        if books.closed {
+            return;
         }
+        books.closed = true;
+        let front = state.front_seq();
+        let from = outlet.cursor.load(Ordering::Acquire).max(front);
+        let subscription = viewer
+            .subscription
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        let unread = state
+            .ring
+            .iter()
+            .skip((from - front) as usize)
+            .filter(|kept| !kept.history && viewer.shows(self, &subscription, &kept.entry))
+            .count() as u64;
+        self.dropped_frames
+            .fetch_add(unread + books.unsent, Ordering::Relaxed);
+        self.unconfirmed_frames
+            .fetch_add(books.writing, Ordering::Relaxed);
+        books.unsent = 0;
+        books.writing = 0;
     }
 
     /// Registers a connection and computes what it gets before the live frames (missed
@@ -450,20 +581,17 @@ impl Hub {
         subscription: Selection,
         start: Start,
     ) -> Option<Registration> {
-        let (tx, rx) = mpsc::channel(self.limits.client_queue_events);
         let outlet = Arc::new(Outlet::default());
-        let subscription = Arc::new(RwLock::new(subscription));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut state = self.lock();
+        let mut state = self.write();
         if state.shutting_down {
             return None;
         }
         let mut preface = Vec::new();
         let mut skip_below = Vec::new();
         {
-            let wanted = subscription.read().unwrap_or_else(|e| e.into_inner());
             let shows = |entry: &Entry| {
-                wanted.narrows_to(entry.event.name(), entry.topic.as_deref())
+                subscription.narrows_to(entry.event.name(), entry.topic.as_deref())
                     && self.allowed(&visible, &entry.event)
             };
             match start {
@@ -473,9 +601,9 @@ impl Hub {
                         .ring
                         .iter()
                         .rev()
-                        .filter(|e| shows(e))
+                        .filter(|k| shows(&k.entry))
                         .take(n)
-                        .map(|e| Out::Event(e.clone()))
+                        .map(|k| Out::Event(k.entry.clone()))
                         .collect();
                     recent.reverse();
                     preface = recent;
@@ -486,8 +614,10 @@ impl Hub {
                             state
                                 .ring
                                 .iter()
-                                .filter(|e| e.offset >= from[e.stream] && shows(e))
-                                .map(|e| Out::Event(e.clone())),
+                                .filter(|k| {
+                                    k.entry.offset >= from[k.entry.stream] && shows(&k.entry)
+                                })
+                                .map(|k| Out::Event(k.entry.clone())),
                         );
                         let missed = preface.len();
                         preface.push(Out::Control(
@@ -507,44 +637,83 @@ impl Hub {
             .iter()
             .filter(|o| matches!(o, Out::Event(_)))
             .count();
-        outlet.books().queued = events as u64;
-        state.clients.insert(
-            id,
-            Client {
-                visible,
-                subscription: subscription.clone(),
-                skip_below,
-                tx,
-                outlet: outlet.clone(),
-            },
-        );
-        state.outlets.insert(id, outlet.clone());
+        outlet.books().unsent = events as u64;
+        outlet.cursor.store(state.next_seq, Ordering::Release);
+        let viewer = Arc::new(Viewer {
+            visible,
+            subscription: RwLock::new(subscription),
+            skip_below,
+        });
+        let client = Client {
+            viewer: viewer.clone(),
+            outlet: outlet.clone(),
+        };
+        state.clients.insert(id, client.clone());
+        state.outlets.insert(id, client);
         drop(state);
         self.accepted.fetch_add(1, Ordering::Relaxed);
         Some(Registration {
             hub: self.clone(),
             id,
-            rx,
+            viewer,
             outlet,
-            subscription,
             preface,
             _slot: slot,
         })
     }
 
+    /// Reads the ring from the connection's cursor: up to `max` frames it may see and
+    /// subscribed to, counted as being written before the cursor moves past them.
+    fn pull(&self, viewer: &Viewer, outlet: &Outlet, max: usize) -> Pull {
+        let state = self.read();
+        let front = state.front_seq();
+        let mut at = outlet.cursor.load(Ordering::Acquire);
+        if at < front {
+            // Only a connection already cut off falls behind the ring.
+            return Pull::Closed;
+        }
+        let subscription = viewer
+            .subscription
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut frames = Vec::new();
+        while at < state.next_seq && frames.len() < max {
+            let kept = &state.ring[(at - front) as usize];
+            at += 1;
+            if !kept.history && viewer.shows(self, &subscription, &kept.entry) {
+                frames.push(kept.entry.clone());
+            }
+        }
+        drop(subscription);
+        let mut books = outlet.books();
+        if books.closed {
+            return Pull::Closed;
+        }
+        books.writing += frames.len() as u64;
+        outlet.cursor.store(at, Ordering::Release);
+        drop(books);
+        if !frames.is_empty() {
+            Pull::Frames(frames)
+        } else if state.shutting_down && at == state.next_seq {
+            Pull::Drained
+        } else {
+            Pull::Idle
+        }
+    }
+
     /// Keeps entries for resume and replay without sending them (history read at start).
     #[cfg(feature = "kafka")]
     pub(crate) fn remember(&self, entries: Vec<Arc<Entry>>, cursor: &[u64]) {
-        let mut state = self.lock();
+        let mut state = self.write();
         advance(&mut state, cursor);
-        self.keep(&mut state, &entries);
+        self.keep(&mut state, entries, true);
     }
 
     /// The ends of the streams as the source knows them (Kafka's high watermarks).
     #[cfg(feature = "kafka")]
     pub(crate) fn extend_horizon(&self, ends: &[u64]) {
         self.horizon_source.store(true, Ordering::Release);
-        let mut state = self.lock();
+        let mut state = self.write();
         for (horizon, end) in state.horizon.iter_mut().zip(ends) {
             *horizon = (*horizon).max(*end);
         }
@@ -569,7 +738,7 @@ impl Hub {
             tokio::pin!(moved);
             moved.as_mut().enable();
             {
-                let state = self.lock();
+                let state = self.read();
                 if position.epoch != state.epoch
                     || position.offsets.len() != state.horizon.len()
                     || position
@@ -589,92 +758,76 @@ impl Hub {
         }
     }
 
-    fn keep(&self, state: &mut State, entries: &[Arc<Entry>]) {
-        state.ring.extend(entries.iter().cloned());
-        while state.ring.len() > self.limits.history {
+    /// Appends entries to the ring; every quarter of a client queue, cuts off connections
+    /// that fell further behind than their queue allows (counting what they did not get),
+    /// and evicts what no connection still needs beyond the history.
+    fn keep(&self, state: &mut State, entries: Vec<Arc<Entry>>, history: bool) {
+        let added = entries.len() as u64;
+        let mut bytes = 0u64;
+        for entry in entries {
+            let len = entry.text.len() as u64;
+            state.ring.push_back(Kept {
+                bytes_before: state.next_bytes,
+                history,
+                entry,
+            });
+            state.next_seq += 1;
+            state.next_bytes += len;
+            bytes += len;
+        }
+        state.since_check.0 += added;
+        state.since_check.1 += bytes;
+        let limits = &self.limits;
+        let capacity = limits.history.max(limits.client_queue_events);
+        let check_every = (
+            (limits.client_queue_events as u64 / 4).max(1),
+            (limits.client_queue_bytes as u64 / 4).max(1),
+        );
+        let over = state.ring.len() > capacity + capacity / 4;
+        if !(over || state.since_check.0 >= check_every.0 || state.since_check.1 >= check_every.1) {
+            return;
+        }
+        state.since_check = (0, 0);
+        let keep_from = if over {
+            state.next_seq - capacity as u64
+        } else {
+            state.front_seq()
+        };
+        let slow: Vec<(u64, Client)> = state
+            .clients
+            .iter()
+            .filter(|(_, client)| {
+                let at = client.outlet.cursor.load(Ordering::Acquire);
+                state.next_seq - at > limits.client_queue_events as u64
+                    || state.next_bytes - state.bytes_at(at) > limits.client_queue_bytes as u64
+                    || at < keep_from
+            })
+            .map(|(id, client)| (*id, client.clone()))
+            .collect();
+        for (id, client) in slow {
+            state.clients.remove(&id);
+            self.settle(state, &client.viewer, &client.outlet);
+            client.outlet.disconnect(Disconnect::Slow);
+            tracing::info!(target: "emissions::websocket", connection = id, "slow client cut off (fell behind its queue)");
+        }
+        while state.front_seq() < keep_from {
             if let Some(old) = state.ring.pop_front() {
-                state.floor[old.stream] = state.floor[old.stream].max(old.offset + 1);
+                let stream = old.entry.stream;
+                state.floor[stream] = state.floor[stream].max(old.entry.offset + 1);
             }
         }
     }
 
-    /// Appends the entries to the history and queues each for every connection that may see
-    /// it and subscribed to it, under one lock per batch; a connection whose queue is full is
-    /// cut off as slow.
+    /// Appends the entries to the feed and wakes every connection to read them.
     pub(crate) fn publish(&self, entries: Vec<Arc<Entry>>, cursor: &[u64]) {
-        let mut state = self.lock();
+        let mut state = self.write();
         advance(&mut state, cursor);
-        if entries.is_empty() {
+        if entries.is_empty() || state.shutting_down {
             return;
         }
-        self.keep(&mut state, &entries);
-        if state.shutting_down {
-            return;
-        }
-        let mut slow = Vec::new();
-        for (id, client) in &state.clients {
-            let subscription = client
-                .subscription
-                .read()
-                .unwrap_or_else(|e| e.into_inner());
-            let wanted: Vec<&Arc<Entry>> = entries
-                .iter()
-                .filter(|entry| {
-                    client
-                        .skip_below
-                        .get(entry.stream)
-                        .is_none_or(|below| entry.offset >= *below)
-                        && subscription.narrows_to(entry.event.name(), entry.topic.as_deref())
-                        && self.allowed(&client.visible, &entry.event)
-                })
-                .collect();
-            if wanted.is_empty() {
-                continue;
-            }
-            // Counted before they are queued, so the connection never writes an uncounted one.
-            client.outlet.books().queued += wanted.len() as u64;
-            let mut added = 0u64;
-            let mut full = false;
-            for entry in &wanted {
-                let bytes = entry.text.len();
-                let queued = client.outlet.queued_bytes.load(Ordering::Acquire);
-                if queued + bytes > self.limits.client_queue_bytes {
-                    full = true;
-                    break;
-                }
-                match client.tx.try_send((*entry).clone()) {
-                    Ok(()) => {
-                        client
-                            .outlet
-                            .queued_bytes
-                            .fetch_add(bytes, Ordering::AcqRel);
-                        added += 1;
-                    }
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        full = true;
-                        break;
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => break,
-                }
-            }
-            let unqueued = wanted.len() as u64 - added;
-            if unqueued > 0 {
-                // Frames for this connection that did not fit (or found it gone): dropped.
-                let mut books = client.outlet.books();
-                books.queued -= unqueued.min(books.queued);
-                self.dropped_frames.fetch_add(unqueued, Ordering::Relaxed);
-            }
-            if full {
-                slow.push(*id);
-            }
-        }
-        for id in slow {
-            if let Some(client) = state.clients.remove(&id) {
-                // What is queued is settled when the connection ends.
-                client.outlet.disconnect(Disconnect::Slow);
-                tracing::info!(target: "emissions::websocket", connection = id, "slow client cut off (outgoing queue full)");
-            }
-        }
+        self.keep(&mut state, entries, false);
+        drop(state);
+        self.published.notify_waiters();
     }
 
     /// Stops taking connections, lets every connection write what is queued for it and close
@@ -683,10 +836,8 @@ impl Hub {
     /// cancelled call.
     pub(crate) async fn shutdown(&self, deadline: Instant) {
         {
-            let mut state = self.lock();
+            let mut state = self.write();
             state.shutting_down = true;
-            // Dropping the senders: each connection drains its queue, then closes.
-            state.clients.clear();
         }
         for task in self
             .tasks
@@ -696,11 +847,13 @@ impl Hub {
         {
             task.abort();
         }
+        // Each connection drains what is past its cursor, then closes.
+        self.published.notify_waiters();
         loop {
             let idle = self.idle.notified();
             tokio::pin!(idle);
             idle.as_mut().enable();
-            if self.lock().outlets.is_empty() {
+            if self.read().outlets.is_empty() {
                 return;
             }
             tokio::select! {
@@ -709,11 +862,17 @@ impl Hub {
             }
         }
         self.cut.send_replace(true);
-        let outlets: Vec<Arc<Outlet>> = self.lock().outlets.values().cloned().collect();
-        for outlet in &outlets {
-            self.settle(outlet);
+        let mut state = self.write();
+        for client in state.outlets.values() {
+            self.settle(&state, &client.viewer, &client.outlet);
         }
-        tracing::warn!(target: "emissions::websocket", connections = outlets.len(), "shutdown deadline: connections cut off, their unsent frames counted as dropped");
+        // Ended as far as the feed is concerned (an SSE response whose client stopped
+        // reading is closed by the HTTP server only when its socket is).
+        let cut = state.outlets.len();
+        state.outlets.clear();
+        state.clients.clear();
+        drop(state);
+        tracing::warn!(target: "emissions::websocket", connections = cut, "shutdown deadline: connections cut off, their unsent frames counted as dropped");
     }
 }
 
@@ -728,6 +887,9 @@ fn advance(state: &mut State, cursor: &[u64]) {
 /// cannot be resumed here.
 fn resume_point(state: &State, text: &str) -> Result<Vec<u64>, String> {
     let position = Position::parse(text)?;
+    if state.loading {
+        return Err("this instance is still reading the stream's history; try again".to_owned());
+    }
     if position.epoch != state.epoch {
         return Err(format!(
             "the position belongs to another stream (epoch {}, this stream is {})",

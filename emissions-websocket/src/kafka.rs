@@ -235,6 +235,8 @@ impl FeedBuilder {
             .map_err(|e| kafka("assignment", Some(e)))?;
         let feed = self.into_feed(auth, epoch.clone(), layout.starts.clone(), true);
         feed.hub().extend_horizon(&layout.live_from);
+        // Until the history is read, a position cannot be resumed here.
+        feed.hub().set_loading(true);
         let ends = tokio::spawn(watch_ends(
             consumer.clone(),
             layout.streams.clone(),
@@ -265,8 +267,29 @@ async fn consume(
     carried: crate::config::Carried,
 ) {
     let mut cursor = layout.starts.clone();
+    let mut loading = history_left(&cursor, &layout, None);
+    if !loading {
+        hub.set_loading(false);
+    }
     let mut records = consumer.stream().ready_chunks(CHUNK);
-    while let Some(chunk) = records.next().await {
+    let mut tick = tokio::time::interval(HORIZON_EVERY);
+    loop {
+        let chunk = tokio::select! {
+            chunk = records.next() => match chunk {
+                Some(chunk) => chunk,
+                None => break,
+            },
+            _ = tick.tick(), if loading => {
+                // Control records (transaction markers) are never delivered: the consumer's
+                // position tells when the history is read all the same.
+                let position = consumer.position().ok();
+                loading = history_left(&cursor, &layout, position.as_ref());
+                if !loading {
+                    hub.set_loading(false);
+                }
+                continue;
+            }
+        };
         let mut history = Vec::new();
         let mut live = Vec::new();
         for record in chunk {
@@ -307,7 +330,29 @@ async fn consume(
             hub.remember(history, &cursor);
         }
         hub.publish(live, &cursor);
+        if loading && !history_left(&cursor, &layout, None) {
+            loading = false;
+            hub.set_loading(false);
+        }
     }
+}
+
+/// Whether some partition has history this instance has not read yet.
+fn history_left(cursor: &[u64], layout: &Layout, position: Option<&TopicPartitionList>) -> bool {
+    layout
+        .streams
+        .iter()
+        .zip(cursor.iter().zip(&layout.live_from))
+        .any(|((topic, partition), (at, end))| {
+            let fetched = position
+                .and_then(|p| p.find_partition(topic, *partition))
+                .and_then(|p| match p.offset() {
+                    Offset::Offset(n) => u64::try_from(n).ok(),
+                    _ => None,
+                })
+                .unwrap_or(0);
+            (*at).max(fetched) < *end
+        })
 }
 
 /// How often the partitions' ends are read, so that a position served by a faster instance

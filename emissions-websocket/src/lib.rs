@@ -78,13 +78,19 @@
 //!
 //! # Slow clients and shutdown
 //!
-//! Each connection has a bounded queue (frames and bytes). A client that falls behind is cut
-//! off (close code **4000**); the feed and every other client keep flowing. WebSocket clients
+//! Frames are serialized once and kept once, in a ring every connection reads at its own
+//! pace (filtering and authorizing on its own task, so the fan-out scales with the cores).
+//! A client that falls further behind than its limit (frames and bytes) is cut off (close
+//! code **4000**); the feed and every other client keep flowing. WebSocket clients
 //! are pinged and closed with **4001** when silent; oversized inbound messages close with
 //! **1009**; over the connection cap, or during shutdown, requests get 503. On shutdown each
 //! connection first gets what was queued for it, then a **1001** close; what the deadline
-//! cuts off is counted frame by frame in [`FeedStats::dropped_frames`]. Every frame queued
-//! for a connection ends in [`FeedStats::frames_sent`] or [`FeedStats::dropped_frames`].
+//! cuts off is counted frame by frame in [`FeedStats::dropped_frames`]. Every frame meant for
+//! a connection ends in exactly one of [`FeedStats::frames_sent`],
+//! [`FeedStats::unconfirmed_frames`] (being written when the connection failed or was cut
+//! off: the client may or may not have it) and [`FeedStats::dropped_frames`]. At the
+//! deadline the feed counts every connection ended; an SSE response whose client stopped
+//! reading is closed by the HTTP server when its socket is.
 //!
 //! # Telemetry
 //!

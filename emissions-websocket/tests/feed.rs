@@ -469,7 +469,7 @@ async fn silent_clients_oversized_messages_and_the_connection_cap() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sse_client_resumes_from_last_event_id_and_an_evicted_position_says_so() {
-    let app = app(orders().history(4)).await;
+    let app = app(orders().history(4).client_queue(4, 1024 * 1024)).await;
     let mut sse = Sse::open(app.addr, "alice", "", None).await.unwrap();
     until("registered", || app.feed.stats().connected == 1).await;
     commit(
@@ -611,4 +611,140 @@ fn random_queries_and_control_messages_get_an_answer_never_a_panic() {
         commit(&app.emissions, &[("order_created", "alice")]).await;
         assert_eq!(events(&mut client, 1).await[0]["name"], "order_created");
     });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_our_answers_is_cut_off_and_deregisters() {
+    let app = app(orders().ping(Duration::from_millis(200), Duration::from_millis(200))).await;
+    let mut client = stalled(&app).await;
+    // Control messages whose answers (~15 KB each) it never reads, until the server, stuck
+    // writing an answer, stops reading.
+    let mut patterns: Vec<String> = vec!["order_*".into()];
+    patterns.extend((0..58).map(|i| format!("{i:03}{}", "x".repeat(250))));
+    let message = json!({"subscribe": {"events": patterns}}).to_string();
+    for sent in 0.. {
+        assert!(sent < 20_000, "the server never stopped reading");
+        let send = client.send(Message::Text(message.clone().into()));
+        match tokio::time::timeout(Duration::from_secs(2), send).await {
+            Ok(result) => result.unwrap(),
+            Err(_) => break,
+        }
+    }
+    until(
+        "cut off (no bytes taken within ping interval + timeout)",
+        || app.feed.stats().disconnects_for(Disconnect::PingTimeout) == 1,
+    )
+    .await;
+    until("deregistered", || app.feed.stats().connected == 0).await;
+    let started = std::time::Instant::now();
+    app.feed.shutdown(Duration::from_millis(500)).await;
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sse_client_that_stops_reading_is_counted_and_ended_at_the_deadline() {
+    use tokio::io::AsyncWriteExt;
+    let app = app(orders().client_queue(100_000, 256 * 1024 * 1024)).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(app.addr).await.unwrap();
+    stream
+        .write_all(b"GET /live HTTP/1.1\r\nhost: x\r\ncookie: user=alice\r\naccept: text/event-stream\r\n\r\n")
+        .await
+        .unwrap();
+    until("registered", || app.feed.stats().connected == 1).await;
+    commit_padded(&app.emissions, 3000, "alice", 4096).await;
+    app.feed.shutdown(Duration::from_millis(300)).await;
+    let stats = app.feed.stats();
+    assert_eq!(stats.connected, 0, "{stats:?}");
+    assert!(stats.dropped_frames > 0, "{stats:?}");
+    assert_eq!(
+        stats.frames_sent + stats.unconfirmed_frames + stats.dropped_frames,
+        3000,
+        "{stats:?}"
+    );
+    drop(stream);
+    until("its end counted as a shutdown", || {
+        app.feed.stats().disconnects_for(Disconnect::Shutdown) == 1
+    })
+    .await;
+    assert_eq!(app.feed.stats().disconnects_for(Disconnect::Client), 0);
+}
+
+/// What a browser's EventSource does: on a reconnect it repeats its URL and adds
+/// `Last-Event-ID`, which must win over `since` or `replay` in the URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eventsource_reconnect_resumes_from_last_event_id_whatever_its_url_says() {
+    let app = app(orders()).await;
+    let first = commit(&app.emissions, &[("order_created", "alice")]).await;
+    let mut probe = Sse::open(app.addr, "alice", "replay=1", None)
+        .await
+        .unwrap();
+    let (_, saved, data) = probe.next().await.unwrap();
+    assert_eq!(data["id"], first[0].id().to_string());
+    drop(probe);
+    // Everything committed after the saved position, in order.
+    let mut after_saved: Vec<String> = Vec::new();
+    for url in [
+        format!("since={}", saved.clone().unwrap()),
+        "replay=10".to_owned(),
+    ] {
+        let mut sse = Sse::open(app.addr, "alice", &url, saved.as_deref())
+            .await
+            .unwrap();
+        let mut missed = Vec::new();
+        loop {
+            let (kind, _, data) = sse.next().await.unwrap();
+            if kind.as_deref() == Some("control") {
+                assert_eq!(data["recovered"], true, "{url}: {data}");
+                break;
+            }
+            missed.push(data["id"].as_str().unwrap().to_owned());
+        }
+        assert_eq!(
+            missed, after_saved,
+            "{url}: what followed Last-Event-ID, not the URL's start"
+        );
+        let newer = commit(&app.emissions, &[("order_paid", "alice")]).await;
+        after_saved.push(newer[0].id().to_string());
+        let (_, id, data) = sse.next().await.unwrap();
+        assert_eq!(
+            data["id"],
+            newer[0].id().to_string(),
+            "{url}: only what is new"
+        );
+        drop(sse);
+        // Reconnect as the browser does: same URL, the last id as Last-Event-ID.
+        let newest = commit(&app.emissions, &[("order_shipped", "alice")]).await;
+        after_saved.push(newest[0].id().to_string());
+        let mut again = Sse::open(app.addr, "alice", &url, id.as_deref())
+            .await
+            .unwrap();
+        let (_, _, data) = again.next().await.unwrap();
+        assert_eq!(
+            data["id"],
+            newest[0].id().to_string(),
+            "{url}: no duplicates"
+        );
+        let (_, _, answer) = again.next().await.unwrap();
+        assert_eq!(
+            answer,
+            json!({"type": "resume", "recovered": true, "missed": 1})
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_authenticate_is_answered_500_and_counted() {
+    let app = app(orders()).await;
+    let response = reqwest::Client::new()
+        .get(format!("http://{}/live", app.addr))
+        .header("cookie", "user=panic")
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 500);
+    assert_eq!(app.feed.stats().rejected, 1);
+    assert!(try_ws(app.addr, Some("alice"), "", &[]).await.is_ok());
 }

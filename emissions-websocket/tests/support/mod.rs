@@ -17,7 +17,8 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Users log in with a `user=NAME` cookie (asynchronously looked up); each sees the events
-/// whose metadata `user_id` is theirs. An event named `boom` makes `may_see` panic.
+/// whose metadata `user_id` is theirs. An event named `boom` makes `may_see` panic, the user
+/// `panic` makes `authenticate` panic.
 pub(crate) struct Users;
 
 impl Authorize for Users {
@@ -31,6 +32,7 @@ impl Authorize for Users {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
         match cookie.strip_prefix("user=") {
+            Some("panic") => panic!("authenticate panics for the user `panic`"),
             Some(user) if !user.is_empty() => Ok(user.to_owned()),
             _ => Err(Refusal::unauthorized("log in first")),
         }
