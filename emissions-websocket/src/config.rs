@@ -273,8 +273,9 @@ impl FeedBuilder {
     /// the feed (counted over every frame the feed carries, whether or not it may see them).
     /// A client further behind is cut off (close code 4000); the others never wait for it.
     /// Frames live once, in a ring shared by every connection (`max(history, events)`
-    /// frames), so memory does not grow with the number of connections. Defaults to 1 024
-    /// and 1 MiB.
+    /// frames), so memory does not grow with the number of connections. One commit larger
+    /// than the limit puts every connection over it at once: keep the limit above the
+    /// largest commit the feed carries. Defaults to 1 024 and 1 MiB.
     ///
     /// See [`LiveFeed`](crate::LiveFeed).
     pub fn client_queue(mut self, events: usize, bytes: usize) -> Self {

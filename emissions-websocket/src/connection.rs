@@ -187,7 +187,7 @@ pub(crate) async fn websocket(
             () = cut_off(&mut cut) => {}
         }
     }
-    hub.disconnected(reason);
+    registration.end(reason);
     drop(registration);
 }
 
@@ -404,7 +404,7 @@ impl Drop for SseFeed {
         }
         // Pulled but never handed to the server: dropped, not unconfirmed.
         self.registration.unwritten(self.pending.len() as u64);
-        self.hub.disconnected(self.reason);
+        self.registration.end(self.reason);
     }
 }
 

@@ -169,13 +169,18 @@ impl Viewer {
 }
 
 /// The books and the read position of one connection.
-#[derive(Default)]
 pub(crate) struct Outlet {
+    id: u64,
     books: Mutex<Books>,
     /// The next ring sequence number this connection reads.
     cursor: AtomicU64,
     reason: Mutex<Option<Disconnect>>,
     pub(crate) kick: Notify,
+    /// Set once the connection's end is counted (by itself, or by the hub when it cuts it
+    /// off: an SSE response the server no longer polls may be dropped much later).
+    ended: std::sync::atomic::AtomicBool,
+    /// Its place under the connection cap, given back when it ends.
+    slot: Mutex<Option<Slot>>,
 }
 
 /// Frames of one connection not yet settled; closed once settled (then nothing more counts).
@@ -189,6 +194,18 @@ struct Books {
 }
 
 impl Outlet {
+    fn new(id: u64, slot: Slot) -> Self {
+        Outlet {
+            id,
+            books: Mutex::default(),
+            cursor: AtomicU64::new(0),
+            reason: Mutex::new(None),
+            kick: Notify::new(),
+            ended: std::sync::atomic::AtomicBool::new(false),
+            slot: Mutex::new(Some(slot)),
+        }
+    }
+
     fn books(&self) -> MutexGuard<'_, Books> {
         self.books.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -220,11 +237,9 @@ pub(crate) enum Pull {
 /// connection ended, or its task panicked) deregisters it and settles its books.
 pub(crate) struct Registration {
     hub: Arc<Hub>,
-    id: u64,
     viewer: Arc<Viewer>,
     pub(crate) outlet: Arc<Outlet>,
     pub(crate) preface: Vec<Out>,
-    _slot: Slot,
 }
 
 impl Registration {
@@ -263,6 +278,12 @@ impl Registration {
         }
     }
 
+    /// Counts the connection's end (once) and lets go of it.
+    pub(crate) fn end(&self, reason: Disconnect) {
+        let mut state = self.hub.write();
+        self.hub.end(&mut state, &self.outlet, reason);
+    }
+
     /// Replaces the subscription (only ever narrows what `may_see` allows).
     pub(crate) fn subscribe(&self, selection: Selection) {
         *self
@@ -276,14 +297,9 @@ impl Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         let mut state = self.hub.write();
-        state.clients.remove(&self.id);
-        state.outlets.remove(&self.id);
         self.hub.settle(&state, &self.viewer, &self.outlet);
-        let empty = state.outlets.is_empty();
-        drop(state);
-        if empty {
-            self.hub.idle.notify_waiters();
-        }
+        // Ended without saying why: its task panicked or was dropped.
+        self.hub.end(&mut state, &self.outlet, Disconnect::Error);
     }
 }
 
@@ -317,7 +333,9 @@ pub(crate) enum Start {
 
 /// One entry of the ring: its sequence number is its index in the feed since start.
 struct Kept {
-    /// Bytes of every frame before this one since start (for the byte limit).
+    /// Live frames, and their bytes, before this one since start (for the lag limits;
+    /// history frames are never sent live, so they never count as lag).
+    live_before: u64,
     bytes_before: u64,
     /// Read at start from the source's history: kept for resume and replay, never sent live.
     history: bool,
@@ -332,8 +350,9 @@ struct State {
     /// The last frames of the feed, shared by every connection: each reads it at its own
     /// pace; the ring holds `max(history, client queue)` frames.
     ring: VecDeque<Kept>,
-    /// The sequence number of the next frame.
+    /// The sequence number of the next frame; live frames and bytes so far.
     next_seq: u64,
+    next_live: u64,
     next_bytes: u64,
     /// Frames and bytes since connections were last checked for lag.
     since_check: (u64, u64),
@@ -355,11 +374,16 @@ impl State {
         self.next_seq - self.ring.len() as u64
     }
 
-    fn bytes_at(&self, seq: u64) -> u64 {
+    /// How far behind the feed a connection reading at `seq` is: live frames and bytes.
+    fn lag(&self, seq: u64) -> (u64, u64) {
         let front = self.front_seq();
         match self.ring.get(seq.saturating_sub(front) as usize) {
-            Some(kept) if seq >= front => kept.bytes_before,
-            _ => self.next_bytes,
+            Some(kept) if seq >= front => (
+                self.next_live - kept.live_before,
+                self.next_bytes - kept.bytes_before,
+            ),
+            _ if seq < front => (u64::MAX, u64::MAX),
+            _ => (0, 0),
         }
     }
 }
@@ -411,6 +435,7 @@ impl Hub {
                 outlets: HashMap::new(),
                 ring: VecDeque::new(),
                 next_seq: 0,
+                next_live: 0,
                 next_bytes: 0,
                 since_check: (0, 0),
                 epoch,
@@ -503,9 +528,20 @@ impl Hub {
         tracing::debug!(target: "emissions::websocket", why, "feed request refused");
     }
 
-    pub(crate) fn disconnected(&self, reason: Disconnect) {
+    /// Counts a connection's end once, gives its place under the cap back, and stops
+    /// waiting for it.
+    fn end(&self, state: &mut State, outlet: &Outlet, reason: Disconnect) {
+        if outlet.ended.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        state.clients.remove(&outlet.id);
+        state.outlets.remove(&outlet.id);
+        drop(outlet.slot.lock().unwrap_or_else(|e| e.into_inner()).take());
         self.disconnects[reason.index()].fetch_add(1, Ordering::Relaxed);
         tracing::debug!(target: "emissions::websocket", code = reason.code(), reason = reason.reason(), "connection ended");
+        if state.outlets.is_empty() {
+            self.idle.notify_waiters();
+        }
     }
 
     /// Takes a place under the connection cap, or `None` when it is full.
@@ -581,8 +617,8 @@ impl Hub {
         subscription: Selection,
         start: Start,
     ) -> Option<Registration> {
-        let outlet = Arc::new(Outlet::default());
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let outlet = Arc::new(Outlet::new(id, slot));
         let mut state = self.write();
         if state.shutting_down {
             return None;
@@ -654,11 +690,9 @@ impl Hub {
         self.accepted.fetch_add(1, Ordering::Relaxed);
         Some(Registration {
             hub: self.clone(),
-            id,
             viewer,
             outlet,
             preface,
-            _slot: slot,
         })
     }
 
@@ -764,16 +798,32 @@ impl Hub {
     fn keep(&self, state: &mut State, entries: Vec<Arc<Entry>>, history: bool) {
         let added = entries.len() as u64;
         let mut bytes = 0u64;
+        let caught_up = state.next_seq;
         for entry in entries {
-            let len = entry.text.len() as u64;
+            let len = if history { 0 } else { entry.text.len() as u64 };
             state.ring.push_back(Kept {
+                live_before: state.next_live,
                 bytes_before: state.next_bytes,
                 history,
                 entry,
             });
             state.next_seq += 1;
+            state.next_live += u64::from(!history);
             state.next_bytes += len;
             bytes += len;
+        }
+        if history {
+            // Connections that had read everything have nothing to read in history frames:
+            // move them past, so they never fall behind on frames they will not be sent.
+            for client in state.clients.values() {
+                let _ = client.outlet.cursor.compare_exchange(
+                    caught_up,
+                    state.next_seq,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+            }
+            return;
         }
         state.since_check.0 += added;
         state.since_check.1 += bytes;
@@ -798,16 +848,19 @@ impl Hub {
             .iter()
             .filter(|(_, client)| {
                 let at = client.outlet.cursor.load(Ordering::Acquire);
-                state.next_seq - at > limits.client_queue_events as u64
-                    || state.next_bytes - state.bytes_at(at) > limits.client_queue_bytes as u64
+                let (frames, bytes) = state.lag(at);
+                frames > limits.client_queue_events as u64
+                    || bytes > limits.client_queue_bytes as u64
                     || at < keep_from
             })
             .map(|(id, client)| (*id, client.clone()))
             .collect();
         for (id, client) in slow {
-            state.clients.remove(&id);
             self.settle(state, &client.viewer, &client.outlet);
             client.outlet.disconnect(Disconnect::Slow);
+            // Ended for the feed now (an SSE response the server no longer polls would
+            // otherwise hold its place under the cap until the client goes).
+            self.end(state, &client.outlet, Disconnect::Slow);
             tracing::info!(target: "emissions::websocket", connection = id, "slow client cut off (fell behind its queue)");
         }
         while state.front_seq() < keep_from {
@@ -863,14 +916,14 @@ impl Hub {
         }
         self.cut.send_replace(true);
         let mut state = self.write();
-        for client in state.outlets.values() {
+        let outlets: Vec<Client> = state.outlets.values().cloned().collect();
+        for client in &outlets {
             self.settle(&state, &client.viewer, &client.outlet);
+            // Ended as far as the feed is concerned (an SSE response whose client stopped
+            // reading is closed by the HTTP server only when its socket is).
+            self.end(&mut state, &client.outlet, Disconnect::Shutdown);
         }
-        // Ended as far as the feed is concerned (an SSE response whose client stopped
-        // reading is closed by the HTTP server only when its socket is).
-        let cut = state.outlets.len();
-        state.outlets.clear();
-        state.clients.clear();
+        let cut = outlets.len();
         drop(state);
         tracing::warn!(target: "emissions::websocket", connections = cut, "shutdown deadline: connections cut off, their unsent frames counted as dropped");
     }
@@ -923,4 +976,43 @@ fn resume_point(state: &State, text: &str) -> Result<Vec<u64>, String> {
         );
     }
     Ok(position.offsets)
+}
+
+#[cfg(all(test, feature = "kafka"))]
+mod tests {
+    use super::*;
+
+    fn entries(from: u64, n: u64) -> Vec<Arc<Entry>> {
+        (from..from + n)
+            .map(|offset| {
+                let event =
+                    Event::new("order_created", &offset, emissions_core::Metadata::new()).unwrap();
+                crate::frame::entry(event, None, 0, offset, "e", &[offset + 1]).unwrap()
+            })
+            .collect()
+    }
+
+    /// History read at start is never sent live, so it never counts as a connection's lag:
+    /// a connection registered while it loads is not cut off, and reads only live frames.
+    #[test]
+    fn history_loaded_after_a_connection_registered_is_not_its_lag() {
+        let hub = Arc::new(Hub::new(Limits::default(), "e".into(), vec![0]));
+        let visible: Visible = Arc::new(|_: &Event| true);
+        let registration = hub
+            .register(
+                hub.slot().unwrap(),
+                visible,
+                Selection::default(),
+                Start::Now,
+            )
+            .unwrap();
+        hub.remember(entries(0, 3000), &[3000]);
+        hub.publish(entries(3000, 300), &[3300]);
+        assert_eq!(hub.stats().disconnects_for(Disconnect::Slow), 0);
+        let mut offsets = Vec::new();
+        while let Pull::Frames(frames) = registration.pull(64) {
+            offsets.extend(frames.iter().map(|f| f.offset));
+        }
+        assert_eq!(offsets, (3000..3300).collect::<Vec<_>>());
+    }
 }

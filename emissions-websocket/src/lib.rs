@@ -69,7 +69,10 @@
 //! reconnects with `?since=<position>` (or `Last-Event-ID`) first gets exactly the events it
 //! missed and may see, then `{"type":"resume","recovered":true,"missed":N}`; when they cannot
 //! be recovered it gets `{"recovered":false,"reason":…}` and continues live. `?replay=N`
-//! starts with the last N events it may see.
+//! starts with the last N events it may see. A `Last-Event-ID` header (what a reconnecting
+//! `EventSource` sends) wins over `since` and `replay` in the URL. A Kafka source answers a
+//! resume only once it has read its history (at most 30 s after start; until then positions
+//! are refused with a reason, never half-served).
 //!
 //! | source | a position survives | it does not survive |
 //! |---|---|---|

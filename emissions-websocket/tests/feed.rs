@@ -657,6 +657,7 @@ async fn an_sse_client_that_stops_reading_is_counted_and_ended_at_the_deadline()
     app.feed.shutdown(Duration::from_millis(300)).await;
     let stats = app.feed.stats();
     assert_eq!(stats.connected, 0, "{stats:?}");
+    assert_eq!(stats.disconnects_for(Disconnect::Shutdown), 1, "{stats:?}");
     assert!(stats.dropped_frames > 0, "{stats:?}");
     assert_eq!(
         stats.frames_sent + stats.unconfirmed_frames + stats.dropped_frames,
@@ -664,11 +665,62 @@ async fn an_sse_client_that_stops_reading_is_counted_and_ended_at_the_deadline()
         "{stats:?}"
     );
     drop(stream);
-    until("its end counted as a shutdown", || {
-        app.feed.stats().disconnects_for(Disconnect::Shutdown) == 1
-    })
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        app.feed.stats().disconnects,
+        stats.disconnects,
+        "counted once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sse_client_cut_off_as_slow_gives_its_place_back() {
+    use tokio::io::AsyncWriteExt;
+    let app = app(orders()
+        .client_queue(1000, 1024 * 1024 * 1024)
+        .max_connections(2))
     .await;
-    assert_eq!(app.feed.stats().disconnects_for(Disconnect::Client), 0);
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(app.addr).await.unwrap();
+    stream
+        .write_all(b"GET /live HTTP/1.1\r\nhost: x\r\ncookie: user=alice\r\naccept: text/event-stream\r\n\r\n")
+        .await
+        .unwrap();
+    until("registered", || app.feed.stats().connected == 1).await;
+    let mut reader = ws(&app, "alice", "").await;
+    let received = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = received.clone();
+    let reading = tokio::spawn(async move {
+        for _ in 0..3000 {
+            events(&mut reader, 1).await;
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        reader // kept open: it holds the other place under the cap
+    });
+    for batch in 1..=30 {
+        commit_padded(&app.emissions, 100, "alice", 4096).await;
+        until("the reading client keeps up", || {
+            received.load(std::sync::atomic::Ordering::Relaxed) >= batch * 100
+        })
+        .await;
+    }
+    let _reader = reading.await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = app.feed.stats();
+        if stats.disconnects_for(Disconnect::Slow) == 1 && stats.connected == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stalled SSE client is not cut off and let go: {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Its place under the cap is free again.
+    assert!(try_ws(app.addr, Some("bob"), "", &[]).await.is_ok());
+    drop(stream);
 }
 
 /// What a browser's EventSource does: on a reconnect it repeats its URL and adds

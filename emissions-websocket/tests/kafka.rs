@@ -235,3 +235,69 @@ async fn resuming_on_a_fresh_instance_gets_every_missed_event() {
         json!({"type": "resume", "recovered": true, "missed": expected.len()})
     );
 }
+
+/// History read at start is kept for resume, never sent live: a client connected while it
+/// loads is not behind on it (and not cut off as slow).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_connected_while_history_loads_is_not_behind() {
+    let Some(brokers) = brokers() else {
+        eprintln!("skipped: set EMISSIONS_KAFKA_BROKERS or run `cargo xtask ci`");
+        return;
+    };
+    let topic = format!("feed-{}", uuid::Uuid::now_v7().simple());
+    create_topic(&brokers, &topic, 1).await;
+    let a = instance(&brokers, &topic).await;
+    let buffer = a.emissions.start();
+    for i in 0..3000 {
+        let mut metadata = emissions_core::Metadata::new();
+        metadata.insert("user_id".into(), json!("alice"));
+        buffer
+            .emit_with_metadata(
+                "order_created",
+                &json!({"seq": i, "user": "alice", "pad": "x".repeat(1000)}),
+                metadata,
+            )
+            .unwrap();
+    }
+    buffer.commit().await.unwrap().settled().await;
+    // The broker's high watermark may trail what it acknowledged (tansu's does): records
+    // beyond it when an instance starts are live for that instance.
+    let reported = {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let probe: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", "watermarks")
+            .create()
+            .unwrap();
+        probe
+            .fetch_watermarks(&topic, 0, Duration::from_secs(5))
+            .unwrap()
+            .1
+    };
+    let b = instance(&brokers, &topic).await;
+    let mut alice = ws(&b, "alice", "").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Enough live events for the feed to check every connection's lag.
+    let live = commit(&a.emissions, &[("order_paid", "alice"); 300]).await;
+    // Live: the new event, after at most the records the watermark did not cover yet.
+    let mut before = 0;
+    loop {
+        let frame = events(&mut alice, 1).await.remove(0);
+        if frame["id"] == live[0].id().to_string() {
+            break;
+        }
+        before += 1;
+    }
+    assert!(
+        before <= 3000 - reported,
+        "{before} history frames sent live (the watermark covered {reported})"
+    );
+    let rest = events(&mut alice, 299).await;
+    assert_eq!(rest.last().unwrap()["id"], live[299].id().to_string());
+    assert_eq!(
+        b.feed
+            .stats()
+            .disconnects_for(emissions_websocket::Disconnect::Slow),
+        0
+    );
+}
