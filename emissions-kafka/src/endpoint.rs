@@ -106,8 +106,12 @@ pub struct KafkaEndpoint {
     pub(crate) value: ValueFormat,
     properties: Vec<(String, String)>,
     queue: AdapterOptions,
+    /// The ordering key, kept apart so that [`KafkaEndpoint::queue`] keeps it.
+    order: Option<OrderFn>,
     pub(crate) on_delivery: Option<DeliveryFn>,
 }
+
+type OrderFn = Arc<dyn Fn(&Event) -> Option<String> + Send + Sync>;
 
 impl fmt::Debug for KafkaEndpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -137,6 +141,7 @@ impl KafkaEndpoint {
             queue: AdapterOptions::default()
                 .max_demand(500)
                 .retry(RetryPolicy::none()),
+            order: None,
             on_delivery: None,
         }
     }
@@ -239,16 +244,29 @@ impl KafkaEndpoint {
         self
     }
 
-    /// The core queue options (capacity, `max_demand`, overflow, retry, dead letters).
+    /// The core queue options: capacity, `max_demand`, overflow and backlog. What the
+    /// endpoint sets itself is kept — core retries stay off (librdkafka retries; a core retry
+    /// would reorder and duplicate), and a [`dead_letter`](Self::dead_letter) hook or an
+    /// [`ordered_by`](Self::ordered_by) key set before or after stays — as
+    /// `WebhookEndpoint::queue` does.
     ///
     /// ```
     /// use emissions_core::AdapterOptions;
     /// let k = emissions_kafka::KafkaEndpoint::new("k", "127.0.0.1:9092")
     ///     .topic("t")
+    ///     .dead_letter(|dead| eprintln!("{} events lost at {}", dead.events.len(), dead.destination))
     ///     .queue(AdapterOptions::default().capacity(100_000).max_demand(1_000));
-    /// # let _ = k;
+    /// let options = k.build()?.adapter_options();
+    /// assert_eq!((options.capacity, options.retry.attempts()), (100_000, 1));
+    /// assert!(options.dead_letter.is_some());
+    /// # Ok::<(), emissions_kafka::Error>(())
     /// ```
     pub fn queue(mut self, options: AdapterOptions) -> Self {
+        let mut options = options.retry(self.queue.retry.clone());
+        options.dead_letter = self.queue.dead_letter.clone();
+        if let Some(key) = self.order.clone() {
+            options = options.ordered_by(move |event| key(event));
+        }
         self.queue = options;
         self
     }
@@ -270,7 +288,9 @@ impl KafkaEndpoint {
         mut self,
         key: impl Fn(&Event) -> Option<String> + Send + Sync + 'static,
     ) -> Self {
-        self.queue = self.queue.ordered_by(key);
+        let key: OrderFn = Arc::new(key);
+        self.order = Some(key.clone());
+        self.queue = self.queue.ordered_by(move |event| key(event));
         self
     }
 
