@@ -178,6 +178,18 @@ async fn emissions_run(clients: usize, events: usize) -> Run {
     run
 }
 
+/// The bare servers' frame: the feed's shape and size (id, name, time, the tenant's
+/// metadata, the payload, a position of the feed's length), serialized once per event.
+fn bare_frame(seq: usize) -> serde_json::Value {
+    serde_json::json!({
+        "type": "event", "id": format!("{seq:036}"), "name": "tick",
+        "timestamp": "2026-11-27T00:00:00.000000Z",
+        "metadata": {"tenant": "acme"},
+        "position": format!("{:032x}.{}", seq, seq + 1),
+        "payload": {"t": now_micros(), "seq": seq}
+    })
+}
+
 /// The bare server: every connection forwards the broadcast channel. With `batched`, it
 /// writes whatever is already received before one flush (as the adapter does); without, it
 /// flushes every frame (`SinkExt::send`).
@@ -229,12 +241,7 @@ async fn bare_run(clients: usize, events: usize, batched: bool) -> Run {
     }
     let started = Instant::now();
     for i in 0..events {
-        // The same frame shape as the adapter's, serialized once per event.
-        let frame = serde_json::json!({
-            "type": "event", "id": format!("{i:036}"), "name": "tick",
-            "timestamp": "2026-11-27T00:00:00.000000Z",
-            "payload": {"t": now_micros(), "seq": i}, "metadata": {}
-        });
+        let frame = bare_frame(i);
         let _ = tx.send(Utf8Bytes::from(frame.to_string()));
         if i % 16 == 0 {
             tokio::task::yield_now().await;
@@ -356,11 +363,7 @@ async fn bare_axum_run(clients: usize, events: usize) -> Run {
     }
     let started = Instant::now();
     for i in 0..events {
-        let frame = serde_json::json!({
-            "type": "event", "id": format!("{i:036}"), "name": "tick",
-            "timestamp": "2026-11-27T00:00:00.000000Z",
-            "payload": {"t": now_micros(), "seq": i}, "metadata": {}
-        });
+        let frame = bare_frame(i);
         let _ = tx.send(AxumText::from(frame.to_string()));
         if i % 16 == 0 {
             tokio::task::yield_now().await;
