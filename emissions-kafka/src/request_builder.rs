@@ -78,7 +78,7 @@ pub(crate) fn record(
                 },
                 "payload",
             )
-            .unwrap_or_default(),
+            .map_err(Error::Envelope)?,
     };
     let mut headers = vec![
         (headers::EVENT_NAME, event.name().to_owned()),

@@ -4,7 +4,6 @@
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use emissions_core::{Adapter, AdapterOptions, BatchError, Event, Failure, async_trait};
 use futures_util::StreamExt;
 use http::HeaderMap;
@@ -87,7 +86,11 @@ impl WebhookAdapter {
         self.options.clone()
     }
 
-    async fn deliver(&self, event: &Event, body: Bytes) -> Outcome {
+    async fn deliver(&self, event: &Event) -> Outcome {
+        let body = match envelope(event) {
+            Ok(body) => body,
+            Err(err) => return Outcome::Permanent(Failure::permanent(err)),
+        };
         if self.disabled {
             return Outcome::Permanent(Failure::permanent(Error::Disabled));
         }
@@ -117,9 +120,7 @@ impl WebhookAdapter {
         let attempts: Vec<_> = events
             .iter()
             .enumerate()
-            .map(
-                |(index, event)| async move { (index, self.deliver(event, envelope(event)).await) },
-            )
+            .map(|(index, event)| async move { (index, self.deliver(event).await) })
             .collect();
         let mut outcomes: Vec<(usize, Outcome)> = futures_util::stream::iter(attempts)
             .buffer_unordered(self.limits.concurrency)
@@ -143,7 +144,7 @@ impl Adapter for WebhookAdapter {
         let outcomes = if self.limits.concurrency == 1 {
             let mut outcomes = Vec::with_capacity(events.len());
             for event in events {
-                let outcome = self.deliver(event, envelope(event)).await;
+                let outcome = self.deliver(event).await;
                 if matches!(outcome, Outcome::Gone(_)) {
                     self.disable();
                 }

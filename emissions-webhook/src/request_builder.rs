@@ -6,6 +6,7 @@ use http::HeaderMap;
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use serde::Serialize;
 
+use crate::Error;
 use crate::signature::{Secret, WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP, sign};
 
 /// Metadata keys forwarded as HTTP headers (W3C trace context).
@@ -22,19 +23,19 @@ struct Envelope<'a> {
 
 /// The body POSTed for `event`: `{"id","type","timestamp","metadata","data"}`, with `data` the
 /// payload bytes serialized at emit time, embedded as they are.
-pub(crate) fn envelope(event: &Event) -> Bytes {
+pub(crate) fn envelope(event: &Event) -> Result<Bytes, Error> {
     let envelope = Envelope {
         id: event.id().to_string(),
         kind: event.name(),
         timestamp: humantime::format_rfc3339_micros(event.emitted_at()).to_string(),
         metadata: event.metadata(),
     };
-    // A struct of strings and a JSON map always serializes as an object.
-    Bytes::from(
-        event
-            .to_json_with_payload(&envelope, "data")
-            .unwrap_or_default(),
-    )
+    // A struct of strings and a JSON map serializes as an object; should it ever fail, the
+    // event fails with the reason instead of an empty body being sent.
+    event
+        .to_json_with_payload(&envelope, "data")
+        .map(Bytes::from)
+        .map_err(Error::Envelope)
 }
 
 /// The headers of one attempt: content type, static headers, trace context, and the Standard
@@ -84,7 +85,7 @@ mod tests {
     #[test]
     fn envelope_embeds_the_emitted_payload_bytes() {
         let e = event();
-        let body = envelope(&e);
+        let body = envelope(&e).unwrap();
         let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(parsed["id"], e.id().to_string());
         assert_eq!(parsed["type"], "order_created");
@@ -101,7 +102,7 @@ mod tests {
     #[test]
     fn headers_sign_exactly_the_body_and_forward_trace_context() {
         let e = event();
-        let body = envelope(&e);
+        let body = envelope(&e).unwrap();
         let secret = Secret::from_bytes(vec![5; 32]).unwrap();
         let mut extra = HeaderMap::new();
         extra.insert("x-tenant", HeaderValue::from_static("acme"));
