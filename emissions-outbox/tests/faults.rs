@@ -18,7 +18,7 @@ use emissions_outbox::{CommitIn, DurableCommit, Error, MAX_KEY_BYTES, Retention}
 use emissions_testing::TestAdapter;
 use emissions_testing::outbox::{OutboxCounts, expect_counts};
 use serde_json::json;
-use support::{Db, eventually, start};
+use support::{Db, eventually, start, start_recorded};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -75,9 +75,7 @@ impl Adapter for Slow {
 async fn a_commit_cancelled_half_way_leaves_nothing_in_the_callers_transaction() {
     let db = Db::new().await;
     let outbox = db.outbox().await;
-    let test = TestAdapter::new();
-    let recorder = test.recorder();
-    let emissions = start(Emissions::builder().adapter("test", test), &outbox).await;
+    let (emissions, recorder) = start_recorded(&outbox).await;
     let (mut cancelled, mut rolled_back) = (0, 0);
     for round in 0..60u64 {
         let mut tx = db.pool.begin().await.unwrap();
@@ -147,11 +145,7 @@ async fn a_commit_cancelled_half_way_leaves_nothing_in_the_callers_transaction()
 async fn a_commit_that_fails_half_way_rolls_its_rows_back_and_the_transaction_goes_on() {
     let db = Db::new().await;
     let outbox = db.outbox().await;
-    let emissions = start(
-        Emissions::builder().adapter("test", TestAdapter::new()),
-        &outbox,
-    )
-    .await;
+    let (emissions, _) = start_recorded(&outbox).await;
     // The deliveries insert fails (a trigger refuses it) after the events insert succeeded.
     sqlx::query(
         "CREATE TRIGGER refuse BEFORE INSERT ON emissions_outbox_deliveries

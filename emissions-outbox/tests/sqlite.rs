@@ -12,7 +12,7 @@ use emissions_testing::TestAdapter;
 use emissions_testing::assert_outbox;
 use emissions_testing::outbox::{OutboxCounts, expect_counts, expect_drained};
 use serde_json::json;
-use support::{Answer, Db, Scripted, options, quick_retries, start};
+use support::{Answer, Db, Scripted, options, quick_retries, start, start_recorded};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -27,9 +27,7 @@ async fn drained(outbox: &emissions_outbox::Outbox) {
 async fn events_commit_with_the_callers_transaction_and_are_delivered() {
     let db = Db::new().await;
     let outbox = db.outbox().await;
-    let test = TestAdapter::new();
-    let recorder = test.recorder();
-    let emissions = start(Emissions::builder().adapter("test", test), &outbox).await;
+    let (emissions, recorder) = start_recorded(&outbox).await;
 
     let mut tx = db.pool.begin().await.unwrap();
     sqlx::query("INSERT INTO orders (item) VALUES ('widget')")
@@ -71,9 +69,7 @@ async fn events_commit_with_the_callers_transaction_and_are_delivered() {
 async fn a_rolled_back_transaction_delivers_nothing_ever() {
     let db = Db::new().await;
     let outbox = db.outbox().await;
-    let test = TestAdapter::new();
-    let recorder = test.recorder();
-    let emissions = start(Emissions::builder().adapter("test", test), &outbox).await;
+    let (emissions, recorder) = start_recorded(&outbox).await;
     let mut tx = db.pool.begin().await.unwrap();
     let buffer = emissions.start();
     buffer.emit("order_created", &json!({"n": 1})).unwrap();
@@ -326,11 +322,7 @@ fn stalled() -> (
 async fn a_database_that_refuses_the_commit_is_a_typed_error_and_the_buffer_keeps_its_events() {
     let db = Db::new().await;
     let outbox = db.outbox().await;
-    let emissions = start(
-        Emissions::builder().adapter("test", TestAdapter::new()),
-        &outbox,
-    )
-    .await;
+    let (emissions, _) = start_recorded(&outbox).await;
     let buffer = emissions.start();
     buffer.emit("order_created", &json!({"n": 1})).unwrap();
     // The store's tables are gone from under it.
@@ -350,11 +342,7 @@ async fn a_database_that_refuses_the_commit_is_a_typed_error_and_the_buffer_keep
 async fn an_oversized_payload_is_refused_at_commit_and_nothing_is_written() {
     let db = Db::new().await;
     let outbox = db.config().max_payload_bytes(100).build().await.unwrap();
-    let emissions = start(
-        Emissions::builder().adapter("test", TestAdapter::new()),
-        &outbox,
-    )
-    .await;
+    let (emissions, _) = start_recorded(&outbox).await;
     let buffer = emissions.start();
     buffer.emit("small", &json!({"n": 1})).unwrap();
     buffer.emit("large", &"x".repeat(200)).unwrap();
@@ -445,11 +433,7 @@ async fn archived_deliveries_are_kept_for_the_retention_then_purged() {
         .build()
         .await
         .unwrap();
-    let emissions = start(
-        Emissions::builder().adapter("test", TestAdapter::new()),
-        &outbox,
-    )
-    .await;
+    let (emissions, _) = start_recorded(&outbox).await;
     let buffer = emissions.start();
     buffer.emit("e", &json!({"n": 1})).unwrap();
     buffer.commit_durably().await.unwrap();

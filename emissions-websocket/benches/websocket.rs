@@ -190,6 +190,55 @@ fn bare_frame(seq: usize) -> serde_json::Value {
     })
 }
 
+/// Forwards the broadcast to one connection, writing whatever is already received (up to 64
+/// frames) before one flush.
+async fn forward_batched<T, M, S>(
+    ws: &mut S,
+    rx: &mut tokio::sync::broadcast::Receiver<T>,
+    wrap: fn(T) -> M,
+) where
+    T: Clone,
+    S: futures_util::Sink<M> + Unpin,
+{
+    while let Ok(frame) = rx.recv().await {
+        if ws.feed(wrap(frame)).await.is_err() {
+            return;
+        }
+        for _ in 1..64 {
+            let Ok(more) = rx.try_recv() else { break };
+            if ws.feed(wrap(more)).await.is_err() {
+                return;
+            }
+        }
+        if ws.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Connects the readers to a bare server at `addr`, waits until it has them all, publishes
+/// `events` frames (yielding every 16) and collects the run.
+async fn bare_publish<T: From<String>>(
+    addr: std::net::SocketAddr,
+    tx: tokio::sync::broadcast::Sender<T>,
+    connected: &std::sync::atomic::AtomicUsize,
+    clients: usize,
+    events: usize,
+) -> Run {
+    let readers = readers(&format!("ws://{addr}/"), clients, events).await;
+    while connected.load(std::sync::atomic::Ordering::SeqCst) < clients {
+        tokio::task::yield_now().await;
+    }
+    let started = Instant::now();
+    for i in 0..events {
+        let _ = tx.send(T::from(bare_frame(i).to_string()));
+        if i % 16 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    collect(started, readers).await
+}
+
 /// The bare server: every connection forwards the broadcast channel. With `batched`, it
 /// writes whatever is already received before one flush (as the adapter does); without, it
 /// flushes every frame (`SinkExt::send`).
@@ -207,27 +256,12 @@ async fn bare_run(clients: usize, events: usize, batched: bool) -> Run {
                 tokio::spawn(async move {
                     let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
                     connected.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if batched {
+                        forward_batched(&mut ws, &mut rx, Message::Text).await;
+                        return;
+                    }
                     while let Ok(frame) = rx.recv().await {
-                        if !batched {
-                            if ws.send(Message::Text(frame)).await.is_err() {
-                                break;
-                            }
-                            continue;
-                        }
-                        if ws.feed(Message::Text(frame)).await.is_err() {
-                            break;
-                        }
-                        for _ in 1..64 {
-                            match rx.try_recv() {
-                                Ok(more) => {
-                                    if ws.feed(Message::Text(more)).await.is_err() {
-                                        break;
-                                    }
-                                }
-                                Err(_) => break,
-                            }
-                        }
-                        if ws.flush().await.is_err() {
+                        if ws.send(Message::Text(frame)).await.is_err() {
                             break;
                         }
                     }
@@ -235,19 +269,7 @@ async fn bare_run(clients: usize, events: usize, batched: bool) -> Run {
             }
         })
     };
-    let readers = readers(&format!("ws://{addr}/"), clients, events).await;
-    while connected.load(std::sync::atomic::Ordering::SeqCst) < clients {
-        tokio::task::yield_now().await;
-    }
-    let started = Instant::now();
-    for i in 0..events {
-        let frame = bare_frame(i);
-        let _ = tx.send(Utf8Bytes::from(frame.to_string()));
-        if i % 16 == 0 {
-            tokio::task::yield_now().await;
-        }
-    }
-    let run = collect(started, readers).await;
+    let run = bare_publish(addr, tx, &connected, clients, events).await;
     server.abort();
     run
 }
@@ -329,24 +351,7 @@ async fn bare_axum_run(clients: usize, events: usize) -> Run {
                 async move {
                     upgrade.on_upgrade(move |mut ws| async move {
                         connected.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        while let Ok(frame) = rx.recv().await {
-                            if ws.feed(AxumMessage::Text(frame)).await.is_err() {
-                                break;
-                            }
-                            for _ in 1..64 {
-                                match rx.try_recv() {
-                                    Ok(more) => {
-                                        if ws.feed(AxumMessage::Text(more)).await.is_err() {
-                                            break;
-                                        }
-                                    }
-                                    Err(_) => break,
-                                }
-                            }
-                            if ws.flush().await.is_err() {
-                                break;
-                            }
-                        }
+                        forward_batched(&mut ws, &mut rx, AxumMessage::Text).await;
                     })
                 }
             }),
@@ -357,19 +362,7 @@ async fn bare_axum_run(clients: usize, events: usize) -> Run {
     let server = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    let readers = readers(&format!("ws://{addr}/"), clients, events).await;
-    while connected.load(std::sync::atomic::Ordering::SeqCst) < clients {
-        tokio::task::yield_now().await;
-    }
-    let started = Instant::now();
-    for i in 0..events {
-        let frame = bare_frame(i);
-        let _ = tx.send(AxumText::from(frame.to_string()));
-        if i % 16 == 0 {
-            tokio::task::yield_now().await;
-        }
-    }
-    let run = collect(started, readers).await;
+    let run = bare_publish(addr, tx, &connected, clients, events).await;
     server.abort();
     run
 }

@@ -98,7 +98,10 @@ fn kafka(reason: impl Into<String>, source: Option<rdkafka::error::KafkaError>) 
 /// Where each partition starts and what this instance knows of it.
 struct Layout {
     streams: Vec<(String, i32)>,
-    index: HashMap<(String, i32), usize>,
+    /// Topic → partition → stream, looked up per record without allocating.
+    index: HashMap<String, HashMap<i32, usize>>,
+    /// Each stream's topic, shared by its frames.
+    topics: Vec<Arc<str>>,
     starts: Vec<u64>,
     live_from: Vec<u64>,
 }
@@ -140,15 +143,19 @@ fn layout(
         Some(epoch) => epoch.clone(),
         None => format!("k{:016x}", stable_hash(&shape)),
     };
-    let index = streams
-        .iter()
-        .enumerate()
-        .map(|(i, stream)| (stream.clone(), i))
-        .collect();
+    let mut index: HashMap<String, HashMap<i32, usize>> = HashMap::new();
+    for (i, (topic, partition)) in streams.iter().enumerate() {
+        index
+            .entry(topic.clone())
+            .or_default()
+            .insert(*partition, i);
+    }
+    let topics = streams.iter().map(|(t, _)| Arc::from(t.as_str())).collect();
     Ok((
         Layout {
             streams,
             index,
+            topics,
             starts,
             live_from,
         },
@@ -300,8 +307,8 @@ async fn consume(
                     continue;
                 }
             };
-            let key = (record.topic().to_owned(), record.partition());
-            let Some(&stream) = layout.index.get(&key) else {
+            let (topic, partition) = (record.topic(), record.partition());
+            let Some(&stream) = layout.index.get(topic).and_then(|p| p.get(&partition)) else {
                 continue;
             };
             let Ok(offset) = u64::try_from(record.offset()) else {
@@ -309,13 +316,13 @@ async fn consume(
             };
             cursor[stream] = offset + 1;
             let Some(event) = decode(&record) else {
-                tracing::debug!(target: "emissions::websocket", topic = %key.0, partition = key.1, offset, "Kafka source: a record without the event headers; skipped");
+                tracing::debug!(target: "emissions::websocket", topic, partition, offset, "Kafka source: a record without the event headers; skipped");
                 continue;
             };
-            if !carries(&carried, event.name(), Some(&key.0)) {
+            if !carries(&carried, event.name(), Some(topic)) {
                 continue;
             }
-            let topic: Arc<str> = Arc::from(key.0.as_str());
+            let topic = layout.topics[stream].clone();
             let Some(entry) = frame::entry(event, Some(topic), stream, offset, &epoch, &cursor)
             else {
                 continue;

@@ -44,6 +44,18 @@ async fn create_topic(brokers: &str, topic: &str, partitions: i32) {
     }
 }
 
+/// The broker and a new topic of `partitions` partitions; `None` (the test is skipped)
+/// without a broker.
+async fn fresh_topic(partitions: i32) -> Option<(String, String)> {
+    let Some(brokers) = brokers() else {
+        eprintln!("skipped: set EMISSIONS_KAFKA_BROKERS or run `cargo xtask ci`");
+        return None;
+    };
+    let topic = format!("feed-{}", uuid::Uuid::now_v7().simple());
+    create_topic(&brokers, &topic, partitions).await;
+    Some((brokers, topic))
+}
+
 /// One instance of the service: its engine writes to Kafka (keyed by user, envelope values so
 /// the metadata reaches `may_see`); its feed reads every instance's events from Kafka.
 async fn instance(brokers: &str, topic: &str) -> App {
@@ -84,12 +96,9 @@ fn seqs(frames: &[Value]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_sees_every_instances_events_once_in_order_and_resumes_on_the_other_instance() {
-    let Some(brokers) = brokers() else {
-        eprintln!("skipped: set EMISSIONS_KAFKA_BROKERS or run `cargo xtask ci`");
+    let Some((brokers, topic)) = fresh_topic(3).await else {
         return;
     };
-    let topic = format!("feed-{}", uuid::Uuid::now_v7().simple());
-    create_topic(&brokers, &topic, 3).await;
     let a = instance(&brokers, &topic).await;
     let b = instance(&brokers, &topic).await;
 
@@ -194,12 +203,9 @@ async fn a_client_sees_every_instances_events_once_in_order_and_resumes_on_the_o
 /// `recovered: false` — never `recovered: true` with a gap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resuming_on_a_fresh_instance_gets_every_missed_event() {
-    let Some(brokers) = brokers() else {
-        eprintln!("skipped: set EMISSIONS_KAFKA_BROKERS or run `cargo xtask ci`");
+    let Some((brokers, topic)) = fresh_topic(1).await else {
         return;
     };
-    let topic = format!("feed-{}", uuid::Uuid::now_v7().simple());
-    create_topic(&brokers, &topic, 1).await;
     let a = instance(&brokers, &topic).await;
     let mut alice = ws(&a, "alice", "").await;
     let first = commit(&a.emissions, &[("order_created", "alice"); 3]).await;
@@ -207,20 +213,7 @@ async fn resuming_on_a_fresh_instance_gets_every_missed_event() {
     let position = seen[0]["position"].as_str().unwrap().to_owned();
     drop(alice);
     // 1 000 more, about 2 KB each: several fetches for a new consumer.
-    let buffer = a.emissions.start();
-    for i in 0..1000 {
-        let mut metadata = emissions_core::Metadata::new();
-        metadata.insert("user_id".into(), json!("alice"));
-        buffer
-            .emit_with_metadata(
-                "order_created",
-                &json!({"seq": i, "user": "alice", "pad": "x".repeat(2000)}),
-                metadata,
-            )
-            .unwrap();
-    }
-    let rest = buffer.events();
-    buffer.commit().await.unwrap().settled().await;
+    let rest = commit_padded(&a.emissions, 1000, "alice", 2000).await;
     let expected: Vec<String> = first[1..]
         .iter()
         .chain(&rest)
@@ -240,26 +233,11 @@ async fn resuming_on_a_fresh_instance_gets_every_missed_event() {
 /// loads is not behind on it (and not cut off as slow).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_connected_while_history_loads_is_not_behind() {
-    let Some(brokers) = brokers() else {
-        eprintln!("skipped: set EMISSIONS_KAFKA_BROKERS or run `cargo xtask ci`");
+    let Some((brokers, topic)) = fresh_topic(1).await else {
         return;
     };
-    let topic = format!("feed-{}", uuid::Uuid::now_v7().simple());
-    create_topic(&brokers, &topic, 1).await;
     let a = instance(&brokers, &topic).await;
-    let buffer = a.emissions.start();
-    for i in 0..3000 {
-        let mut metadata = emissions_core::Metadata::new();
-        metadata.insert("user_id".into(), json!("alice"));
-        buffer
-            .emit_with_metadata(
-                "order_created",
-                &json!({"seq": i, "user": "alice", "pad": "x".repeat(1000)}),
-                metadata,
-            )
-            .unwrap();
-    }
-    buffer.commit().await.unwrap().settled().await;
+    commit_padded(&a.emissions, 3000, "alice", 1000).await;
     // The broker's high watermark may trail what it acknowledged (tansu's does): records
     // beyond it when an instance starts are live for that instance.
     let reported = {

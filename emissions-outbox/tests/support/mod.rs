@@ -140,6 +140,14 @@ pub async fn start(builder: EmissionsBuilder, outbox: &Outbox) -> Emissions {
     builder.extension(outbox.clone()).start().await.unwrap()
 }
 
+/// Starts an instance with one recording adapter, `test`, and `outbox` attached.
+pub async fn start_recorded(outbox: &Outbox) -> (Emissions, emissions_testing::Recorder) {
+    let test = emissions_testing::TestAdapter::new();
+    let recorder = test.recorder();
+    let emissions = start(Emissions::builder().adapter("test", test), outbox).await;
+    (emissions, recorder)
+}
+
 pub fn options(retry: RetryPolicy) -> AdapterOptions {
     AdapterOptions::default().retry(retry)
 }

@@ -95,8 +95,14 @@ pub(crate) async fn commit(emissions: &Emissions, events: &[(&'static str, &str)
     events
 }
 
-/// Commits `n` events `order_created` of `user` with `pad` bytes of padding each.
-pub(crate) async fn commit_padded(emissions: &Emissions, n: usize, user: &str, pad: usize) {
+/// Commits `n` events `order_created` of `user` with `pad` bytes of padding each, in one
+/// commit, and waits until delivered; returns them.
+pub(crate) async fn commit_padded(
+    emissions: &Emissions,
+    n: usize,
+    user: &str,
+    pad: usize,
+) -> Vec<Event> {
     let buffer = emissions.start();
     for i in 0..n {
         let mut metadata = emissions_core::Metadata::new();
@@ -109,7 +115,9 @@ pub(crate) async fn commit_padded(emissions: &Emissions, n: usize, user: &str, p
             )
             .unwrap();
     }
+    let events = buffer.events();
     buffer.commit().await.unwrap().settled().await;
+    events
 }
 
 /// Waits until `condition` holds, failing after 10 s.
