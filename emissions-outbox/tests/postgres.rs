@@ -272,8 +272,16 @@ async fn a_dead_instances_leases_are_taken_over_and_its_late_outcomes_fenced_off
                 3600,
             )))
     };
-    // Instance A claims everything, then "dies": its deliveries never return.
-    let (a, a_outbox, a_stalled) = instance(&pool, "a", &receiver, config(&pool)).await;
+    // Instance A claims the first event of each of the four keys, then "dies": its
+    // deliveries never return, and with no room left it claims nothing more (a dead process
+    // claims nothing; a live relay would race B for every expired lease, its own included).
+    let (a, a_outbox, a_stalled) = instance(
+        &pool,
+        "a",
+        &receiver,
+        config(&pool).batch_size(4).max_in_flight(4),
+    )
+    .await;
     a_stalled.store(true, Ordering::SeqCst);
     let buffer = a.start();
     for n in 0..20u64 {
