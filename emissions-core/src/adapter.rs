@@ -50,8 +50,8 @@ use crate::{BoxError, Event};
 /// - **Backpressure.** Taking long in `handle_events` is how an adapter slows its own input; it
 ///   never delays other adapters or the committing request (see the overflow policy).
 /// - **Payload bytes.** [`Event::payload`] is the JSON written at emit time, shared by every
-///   adapter; to wrap it in an envelope without serializing it again, use
-///   [`Event::to_json_with_payload`].
+///   adapter; [`Event::envelope`] and [`CloudEvents`](crate::CloudEvents) embed it without
+///   serializing it again.
 ///
 /// # Example
 ///

@@ -64,6 +64,10 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// An envelope or CloudEvent read back from a wire is not one this crate writes; the
+    /// reason says what is missing or malformed.
+    #[error("not an event envelope: {0}")]
+    InvalidEnvelope(String),
     /// Event names must not be empty.
     #[error("event name must not be empty")]
     EmptyName,

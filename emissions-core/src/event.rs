@@ -8,9 +8,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::Error;
+use crate::envelope::Envelope;
 
 /// The last id timestamp handed out: Unix milliseconds << 12 | a 12-bit sub-millisecond part.
 static LAST_STAMP: AtomicU64 = AtomicU64::new(0);
@@ -65,8 +67,8 @@ pub struct Event {
 struct EventInner {
     id: Uuid,
     name: Cow<'static, str>,
-    /// JSON text written by serde_json: always valid UTF-8 and valid JSON.
-    payload: Vec<u8>,
+    /// JSON text written by serde_json (or checked when restored): valid UTF-8 and JSON.
+    payload: Box<RawValue>,
     metadata: Metadata,
     emitted_at: SystemTime,
 }
@@ -94,16 +96,8 @@ impl Event {
         if name.is_empty() {
             return Err(Error::EmptyName);
         }
-        let payload = match serde_json::to_vec(payload) {
-            Ok(mut bytes) => {
-                // serde_json starts at 128 bytes and doubles. Shrinking small buffers costs more
-                // than it saves (a reallocation per event, and a fragmented heap that slowed
-                // every later allocation in the per-request profile); only large slack goes.
-                if bytes.capacity() > 1024 && bytes.capacity() - bytes.len() > bytes.len() / 4 {
-                    bytes.shrink_to_fit();
-                }
-                bytes
-            }
+        let payload = match serde_json::value::to_raw_value(payload) {
+            Ok(raw) => raw,
             Err(source) => {
                 return Err(Error::Serialize {
                     name: name.into_owned(),
@@ -154,9 +148,13 @@ impl Event {
         if name.is_empty() {
             return Err(Error::EmptyName);
         }
-        if let Err(source) = serde_json::from_slice::<serde::de::IgnoredAny>(&payload) {
-            return Err(Error::InvalidPayload { name, source });
-        }
+        let invalid = |source| Error::InvalidPayload {
+            name: name.clone(),
+            source,
+        };
+        let text = String::from_utf8(payload)
+            .map_err(|e| invalid(serde::de::Error::custom(e.utf8_error())))?;
+        let payload = RawValue::from_string(text).map_err(invalid)?;
         Ok(Event {
             inner: Arc::new(EventInner {
                 id,
@@ -200,52 +198,32 @@ impl Event {
     /// # Ok::<(), emissions_core::Error>(())
     /// ```
     pub fn payload(&self) -> &[u8] {
-        &self.inner.payload
+        self.inner.payload.get().as_bytes()
     }
 
-    /// Serializes `fields` (anything that serializes as a JSON object, such as a struct) and
-    /// adds the payload under `key`, embedded as the bytes written at emit time rather than
-    /// serialized again: how adapters build their envelopes.
-    ///
-    /// Fails with [`Error::Serialize`] when `fields` fails or is not a JSON object.
+    /// The payload as JSON text, as serialized at emit time: what an envelope embeds as its
+    /// `data` (see [`Envelope`](crate::Envelope)).
     ///
     /// ```
     /// # use emissions_core::{Event, Metadata};
-    /// #[derive(serde::Serialize)]
-    /// struct Envelope<'a> { id: String, name: &'a str }
-    ///
-    /// let e = Event::new("order_created", &serde_json::json!({"id": 7}), Metadata::new())?;
-    /// let head = Envelope { id: e.id().to_string(), name: e.name() };
-    /// let body = e.to_json_with_payload(&head, "data")?;
-    /// let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    /// assert_eq!(json["name"], "order_created");
-    /// assert_eq!(json["data"]["id"], 7);
-    /// assert!(e.to_json_with_payload(&[1, 2], "data").is_err());
+    /// let e = Event::new("a", &serde_json::json!({"qty": 5}), Metadata::new())?;
+    /// assert_eq!(e.payload_raw().get(), r#"{"qty":5}"#);
     /// # Ok::<(), emissions_core::Error>(())
     /// ```
-    pub fn to_json_with_payload<F>(&self, fields: &F, key: &str) -> Result<Vec<u8>, Error>
-    where
-        F: Serialize + ?Sized,
-    {
-        let failed = |source| Error::Serialize {
-            name: self.name().to_owned(),
-            source,
-        };
-        let mut out = Vec::with_capacity(self.inner.payload.len() + 256);
-        serde_json::to_writer(&mut out, fields).map_err(failed)?;
-        if out.first() != Some(&b'{') || out.pop() != Some(b'}') {
-            return Err(failed(serde::ser::Error::custom(
-                "the envelope must serialize as a JSON object",
-            )));
-        }
-        if out.len() > 1 {
-            out.push(b',');
-        }
-        serde_json::to_writer(&mut out, key).map_err(failed)?;
-        out.push(b':');
-        out.extend_from_slice(&self.inner.payload);
-        out.push(b'}');
-        Ok(out)
+    pub fn payload_raw(&self) -> &RawValue {
+        &self.inner.payload
+    }
+
+    /// The event's JSON envelope, as every adapter writes it (see [`Envelope`]).
+    ///
+    /// ```
+    /// # use emissions_core::{Event, Metadata};
+    /// let e = Event::new("a", &[1, 2], Metadata::new())?;
+    /// assert!(e.envelope().to_vec().ends_with(br#","data":[1,2]}"#));
+    /// # Ok::<(), emissions_core::Error>(())
+    /// ```
+    pub fn envelope(&self) -> Envelope<'_> {
+        Envelope::new(self)
     }
 
     /// The payload parsed into a [`serde_json::Value`] (convenient in tests).
@@ -258,7 +236,7 @@ impl Event {
     /// ```
     pub fn payload_json(&self) -> serde_json::Value {
         // The bytes were produced by serde_json, so they always parse.
-        serde_json::from_slice(&self.inner.payload).unwrap_or(serde_json::Value::Null)
+        serde_json::from_str(self.inner.payload.get()).unwrap_or(serde_json::Value::Null)
     }
 
     /// The payload deserialized into `T`.
@@ -271,7 +249,7 @@ impl Event {
     /// # Ok::<(), emissions_core::Error>(())
     /// ```
     pub fn payload_as<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
-        serde_json::from_slice(&self.inner.payload)
+        serde_json::from_str(self.inner.payload.get())
     }
 
     /// The metadata given at emit time.
@@ -309,7 +287,7 @@ impl fmt::Debug for Event {
         f.debug_struct("Event")
             .field("id", &self.inner.id)
             .field("name", &self.inner.name)
-            .field("payload", &String::from_utf8_lossy(&self.inner.payload))
+            .field("payload", &self.inner.payload.get())
             .field("metadata", &self.inner.metadata)
             .finish()
     }
@@ -385,48 +363,10 @@ mod tests {
     }
 
     #[test]
-    fn envelopes_embed_the_payload_bytes() {
-        #[derive(Serialize)]
-        struct Empty {}
-        let e = Event::new(
-            "x",
-            &serde_json::json!({"a": [1, "\u{e9}"]}),
-            Metadata::new(),
-        )
-        .unwrap();
-        let body = e.to_json_with_payload(&Empty {}, "da\"ta").unwrap();
-        assert_eq!(
-            std::str::from_utf8(&body).unwrap(),
-            "{\"da\\\"ta\":{\"a\":[1,\"\u{e9}\"]}}"
-        );
-        let mut head = Metadata::new();
-        head.insert("id".into(), serde_json::json!(1));
-        let body = e.to_json_with_payload(&head, "data").unwrap();
-        let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(
-            parsed,
-            serde_json::json!({"id": 1, "data": {"a": [1, "\u{e9}"]}})
-        );
-        for not_an_object in [
-            serde_json::json!("}"),
-            serde_json::json!([1]),
-            serde_json::json!(null),
-        ] {
-            let err = e.to_json_with_payload(&not_an_object, "data").unwrap_err();
-            assert!(matches!(err, Error::Serialize { ref name, .. } if name == "x"));
-        }
-        assert!(matches!(
-            e.to_json_with_payload(&Unserializable, "data"),
-            Err(Error::Serialize { .. })
-        ));
-    }
-
-    #[test]
     fn large_payloads_keep_little_slack() {
         let big = "x".repeat(10_000);
         let e = Event::new("x", &big, Metadata::new()).unwrap();
         assert_eq!(e.payload().len(), 10_002);
-        assert!(e.inner.payload.capacity() <= 10_002 + 10_002 / 4);
     }
 
     #[test]

@@ -12,8 +12,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tokio::time::Instant;
 
 use crate::Error;
-use crate::endpoint::{Destination, KafkaEndpoint, KeyStrategy, ValueFormat};
-use crate::request_builder::{Record, record};
+use crate::endpoint::{Destination, KafkaEndpoint, KeyStrategy};
+use crate::request_builder::{Record, Wire, record};
 
 /// How long to wait before enqueueing again when librdkafka's local queue is full.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
@@ -26,7 +26,7 @@ pub struct KafkaAdapter {
     name: String,
     destination: Destination,
     key: KeyStrategy,
-    value: ValueFormat,
+    wire: Wire,
     config: ClientConfig,
     producer: FutureProducer,
     options: AdapterOptions,
@@ -38,7 +38,7 @@ impl fmt::Debug for KafkaAdapter {
         f.debug_struct("KafkaAdapter")
             .field("name", &self.name)
             .field("key", &self.key)
-            .field("value", &self.value)
+            .field("wire", &self.wire)
             .finish_non_exhaustive()
     }
 }
@@ -68,7 +68,10 @@ impl KafkaAdapter {
             name: endpoint.name,
             destination,
             key: endpoint.key,
-            value: endpoint.value,
+            wire: match endpoint.cloudevents {
+                Some(ce) => Wire::CloudEvents(ce),
+                None => Wire::Plain(endpoint.value),
+            },
             config,
             producer,
             on_delivery: endpoint.on_delivery,
@@ -98,7 +101,7 @@ impl KafkaAdapter {
             let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
             for (key, value) in &record.headers {
                 headers = headers.insert(Header {
-                    key,
+                    key: key.as_ref(),
                     value: Some(value.as_str()),
                 });
             }
@@ -148,7 +151,7 @@ impl Adapter for KafkaAdapter {
         let mut failures: Vec<(usize, Failure)> = Vec::new();
         let mut pending = Vec::with_capacity(events.len());
         for (index, event) in events.iter().enumerate() {
-            let record = match record(&self.destination, &self.key, self.value, event) {
+            let record = match record(&self.destination, &self.key, &self.wire, event) {
                 Ok(record) => record,
                 Err(err) => {
                     failures.push((index, Failure::permanent(err)));

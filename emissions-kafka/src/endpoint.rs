@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use emissions_core::{
-    AdapterOptions, DeadLetter, EmissionsBuilder, Event, RetryPolicy, TopicRouter,
+    AdapterOptions, CloudEvents, DeadLetter, EmissionsBuilder, Event, RetryPolicy, TopicRouter,
 };
 use rdkafka::ClientConfig;
 
@@ -68,7 +68,8 @@ pub enum ValueFormat {
     /// travel in headers.
     #[default]
     Payload,
-    /// A JSON envelope `{"id","name","timestamp","metadata","payload"}`.
+    /// The JSON envelope every adapter writes, `{"id","type","time","metadata","data"}`
+    /// ([`emissions_core::Envelope`]).
     Envelope,
 }
 
@@ -104,6 +105,7 @@ pub struct KafkaEndpoint {
     destination: Option<Destination>,
     pub(crate) key: KeyStrategy,
     pub(crate) value: ValueFormat,
+    pub(crate) cloudevents: Option<CloudEvents>,
     properties: Vec<(String, String)>,
     queue: AdapterOptions,
     /// The ordering key, kept apart so that [`KafkaEndpoint::queue`] keeps it.
@@ -137,6 +139,7 @@ impl KafkaEndpoint {
             destination: None,
             key: KeyStrategy::EventId,
             value: ValueFormat::Payload,
+            cloudevents: None,
             properties: Vec::new(),
             queue: AdapterOptions::default()
                 .max_demand(500)
@@ -221,6 +224,32 @@ impl KafkaEndpoint {
     /// ```
     pub fn key(mut self, strategy: KeyStrategy) -> Self {
         self.key = strategy;
+        self
+    }
+
+    /// Writes records as CloudEvents 1.0 (Kafka protocol binding). Binary mode: the value is
+    /// the payload as emitted, the attributes are `ce_*` headers (`ce_id`, `ce_type`,
+    /// `ce_source`, `ce_specversion`, `ce_time`, extensions) and `content-type` is
+    /// `application/json`. Structured mode: the value is the whole event as
+    /// `application/cloudevents+json`. Either replaces the `event-*` headers and the
+    /// [`value`](Self::value) format (setting both is a configuration error); see
+    /// [`CloudEvents`] for how metadata maps to attributes.
+    ///
+    /// ```
+    /// use emissions_core::CloudEvents;
+    /// use emissions_kafka::{KafkaEndpoint, ValueFormat};
+    /// let k = KafkaEndpoint::new("k", "127.0.0.1:9092")
+    ///     .topic("orders")
+    ///     .cloudevents(CloudEvents::binary("/orders-service"));
+    /// assert!(k.build().is_ok());
+    /// let both = KafkaEndpoint::new("k", "127.0.0.1:9092")
+    ///     .topic("orders")
+    ///     .value(ValueFormat::Envelope)
+    ///     .cloudevents(CloudEvents::structured("/orders-service"));
+    /// assert!(both.build().unwrap_err().to_string().contains("`cloudevents`"));
+    /// ```
+    pub fn cloudevents(mut self, cloudevents: CloudEvents) -> Self {
+        self.cloudevents = Some(cloudevents);
         self
     }
 
@@ -323,6 +352,14 @@ impl KafkaEndpoint {
         }
     }
 
+    /// A core configuration error, as this crate's (naming this endpoint).
+    fn core_config(&self, error: emissions_core::Error) -> Error {
+        match error {
+            emissions_core::Error::Config { field, reason, .. } => self.invalid(field, reason),
+            other => self.invalid("queue", other.to_string()),
+        }
+    }
+
     /// The effective librdkafka properties, defaults first, then overrides.
     pub(crate) fn client_config(&self) -> Result<ClientConfig, Error> {
         let mut merged: Vec<(String, String)> = DEFAULT_PROPERTIES
@@ -414,10 +451,18 @@ impl KafkaEndpoint {
                 ));
             }
         }
-        self.queue.validate(&self.name).map_err(|e| match e {
-            emissions_core::Error::Config { field, reason, .. } => self.invalid(field, reason),
-            other => self.invalid("queue", other.to_string()),
-        })?;
+        if let Some(ce) = &self.cloudevents {
+            if self.value != ValueFormat::Payload {
+                return Err(self.invalid(
+                    "cloudevents",
+                    "CloudEvents modes choose the value themselves; drop `value(ValueFormat::Envelope)`",
+                ));
+            }
+            ce.validate(&self.name).map_err(|e| self.core_config(e))?;
+        }
+        self.queue
+            .validate(&self.name)
+            .map_err(|e| self.core_config(e))?;
         let config = self.client_config()?;
         let producer = KafkaAdapter::create_producer(&config).map_err(|e| {
             // librdkafka names the property in its message.

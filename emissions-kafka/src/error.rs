@@ -38,8 +38,4 @@ pub enum Error {
     /// The producer was dropped before reporting delivery.
     #[error("producer went away before reporting delivery")]
     Cancelled,
-    /// The event could not be written into the envelope value (nothing is sent; never an
-    /// empty value).
-    #[error("the event could not be written into the envelope: {0}")]
-    Envelope(#[source] emissions_core::Error),
 }

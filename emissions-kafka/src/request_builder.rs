@@ -1,14 +1,16 @@
 //! Event → Kafka record: topic, key, value, headers, timestamp. Pure; no I/O.
 
+use std::borrow::Cow;
 use std::time::UNIX_EPOCH;
 
-use emissions_core::{Event, Metadata};
-use serde::Serialize;
+use emissions_core::Event;
+use emissions_core::envelope::{CloudEvents, ContentMode, rfc3339, trace_context};
 
 use crate::Error;
 use crate::endpoint::{Destination, KeyStrategy, ValueFormat};
 
-/// Header names set on every record.
+/// Header names set on every record (except in CloudEvents modes, whose headers the Kafka
+/// protocol binding names: `ce_*` and `content-type`).
 pub mod headers {
     /// The event name.
     pub const EVENT_NAME: &str = "event-name";
@@ -16,28 +18,24 @@ pub mod headers {
     pub const EVENT_ID: &str = "event-id";
     /// The emit time, RFC 3339 with microseconds.
     pub const EVENT_TIME: &str = "event-time";
-    /// `application/json`.
+    /// `application/json`, or `application/cloudevents+json` in structured CloudEvents mode.
     pub const CONTENT_TYPE: &str = "content-type";
 }
-
-/// Metadata forwarded as headers when present (W3C trace context).
-const FORWARDED: [&str; 2] = ["traceparent", "tracestate"];
 
 #[derive(Debug, PartialEq)]
 pub(crate) struct Record {
     pub(crate) topic: String,
     pub(crate) key: Option<Vec<u8>>,
     pub(crate) value: Vec<u8>,
-    pub(crate) headers: Vec<(&'static str, String)>,
+    pub(crate) headers: Vec<(Cow<'static, str>, String)>,
     pub(crate) timestamp_ms: i64,
 }
 
-#[derive(Serialize)]
-struct Envelope<'a> {
-    id: String,
-    name: &'a str,
-    timestamp: String,
-    metadata: &'a Metadata,
+/// How the value and headers are written.
+#[derive(Clone, Debug)]
+pub(crate) enum Wire {
+    Plain(ValueFormat),
+    CloudEvents(CloudEvents),
 }
 
 fn key_text(value: &serde_json::Value) -> Vec<u8> {
@@ -56,41 +54,51 @@ pub(crate) fn key(strategy: &KeyStrategy, event: &Event) -> Option<Vec<u8>> {
     }
 }
 
+const JSON: &str = "application/json";
+
 pub(crate) fn record(
     destination: &Destination,
     strategy: &KeyStrategy,
-    format: ValueFormat,
+    wire: &Wire,
     event: &Event,
 ) -> Result<Record, Error> {
     let topic = destination.topic(event).ok_or_else(|| Error::NoTopic {
         event: event.name().to_owned(),
     })?;
-    let time = humantime::format_rfc3339_micros(event.emitted_at()).to_string();
-    let value = match format {
-        ValueFormat::Payload => event.payload().to_vec(),
-        ValueFormat::Envelope => event
-            .to_json_with_payload(
-                &Envelope {
-                    id: event.id().to_string(),
-                    name: event.name(),
-                    timestamp: time.clone(),
-                    metadata: event.metadata(),
-                },
-                "payload",
-            )
-            .map_err(Error::Envelope)?,
-    };
-    let mut headers = vec![
-        (headers::EVENT_NAME, event.name().to_owned()),
-        (headers::EVENT_ID, event.id().to_string()),
-        (headers::EVENT_TIME, time),
-        (headers::CONTENT_TYPE, "application/json".to_owned()),
-    ];
-    for name in FORWARDED {
-        if let Some(value) = event.metadata().get(name).and_then(|v| v.as_str()) {
-            headers.push((name, value.to_owned()));
+    let mut headers: Vec<(Cow<'static, str>, String)> = Vec::with_capacity(8);
+    let value = match wire {
+        Wire::Plain(format) => {
+            headers.extend([
+                (headers::EVENT_NAME.into(), event.name().to_owned()),
+                (headers::EVENT_ID.into(), event.id().to_string()),
+                (headers::EVENT_TIME.into(), rfc3339(event.emitted_at())),
+                (headers::CONTENT_TYPE.into(), JSON.to_owned()),
+            ]);
+            for (name, value) in trace_context(event) {
+                headers.push((name.into(), value.to_owned()));
+            }
+            match format {
+                ValueFormat::Payload => event.payload().to_vec(),
+                ValueFormat::Envelope => event.envelope().to_vec(),
+            }
         }
-    }
+        Wire::CloudEvents(ce) => match ce.mode() {
+            ContentMode::Binary => {
+                for (name, value) in ce.event(event).attributes() {
+                    headers.push((format!("ce_{name}").into(), value.as_text().into_owned()));
+                }
+                headers.push((headers::CONTENT_TYPE.into(), JSON.to_owned()));
+                event.payload().to_vec()
+            }
+            ContentMode::Structured => {
+                headers.push((
+                    headers::CONTENT_TYPE.into(),
+                    "application/cloudevents+json".to_owned(),
+                ));
+                ce.event(event).to_vec()
+            }
+        },
+    };
     let timestamp_ms = event
         .emitted_at()
         .duration_since(UNIX_EPOCH)
@@ -108,6 +116,7 @@ pub(crate) fn record(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use emissions_core::Metadata;
     use serde_json::json;
 
     fn event() -> Event {
@@ -159,13 +168,13 @@ mod tests {
         let r = record(
             &Destination::Topic("events".into()),
             &KeyStrategy::EventId,
-            ValueFormat::Payload,
+            &Wire::Plain(ValueFormat::Payload),
             &e,
         )
         .unwrap();
         assert_eq!(r.topic, "events");
         assert_eq!(r.value, e.payload());
-        let names: Vec<&str> = r.headers.iter().map(|(k, _)| *k).collect();
+        let names: Vec<&str> = r.headers.iter().map(|(k, _)| k.as_ref()).collect();
         assert_eq!(
             names,
             [
@@ -186,20 +195,77 @@ mod tests {
         let r = record(
             &Destination::Topic("t".into()),
             &KeyStrategy::None,
-            ValueFormat::Envelope,
+            &Wire::Plain(ValueFormat::Envelope),
             &e,
         )
         .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
-        assert_eq!(v["name"], "order_created");
-        assert_eq!(v["payload"], e.payload_json());
+        assert_eq!(r.value, e.envelope().to_vec());
+        assert_eq!(v["type"], "order_created");
+        assert_eq!(v["data"], e.payload_json());
         assert_eq!(v["metadata"]["order_id"], "o-42");
+    }
+
+    #[test]
+    fn cloudevents_binary_records_carry_attributes_as_ce_headers_and_the_payload() {
+        let e = event();
+        let ce = CloudEvents::binary("/orders");
+        let r = record(
+            &Destination::Topic("t".into()),
+            &KeyStrategy::EventId,
+            &Wire::CloudEvents(ce),
+            &e,
+        )
+        .unwrap();
+        assert_eq!(r.value, e.payload());
+        let header = |name: &str| {
+            r.headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(header("ce_specversion"), Some("1.0"));
+        assert_eq!(header("ce_id"), Some(e.id().to_string().as_str()));
+        assert_eq!(header("ce_source"), Some("/orders"));
+        assert_eq!(header("ce_type"), Some("order_created"));
+        assert_eq!(header("ce_shard"), Some("7"));
+        assert_eq!(header("ce_metadata"), Some(r#"{"order_id":"o-42"}"#));
+        assert!(header("ce_traceparent").is_some());
+        assert_eq!(header("content-type"), Some("application/json"));
+        assert_eq!(header("event-name"), None);
+    }
+
+    #[test]
+    fn cloudevents_structured_records_are_one_json_document() {
+        let e = event();
+        let ce = CloudEvents::structured("/orders");
+        let r = record(
+            &Destination::Topic("t".into()),
+            &KeyStrategy::EventId,
+            &Wire::CloudEvents(ce.clone()),
+            &e,
+        )
+        .unwrap();
+        assert_eq!(r.value, ce.event(&e).to_vec());
+        assert_eq!(
+            r.headers,
+            [(
+                Cow::Borrowed("content-type"),
+                "application/cloudevents+json".to_owned()
+            )]
+        );
     }
 
     #[test]
     fn no_topic_is_a_typed_error() {
         let nowhere = Destination::Computed(std::sync::Arc::new(|_: &Event| None));
-        let err = record(&nowhere, &KeyStrategy::None, ValueFormat::Payload, &event()).unwrap_err();
+        let err = record(
+            &nowhere,
+            &KeyStrategy::None,
+            &Wire::Plain(ValueFormat::Payload),
+            &event(),
+        )
+        .unwrap_err();
         assert!(matches!(err, Error::NoTopic { .. }));
     }
 }

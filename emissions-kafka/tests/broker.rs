@@ -2,57 +2,28 @@
 //! local one). Under plain `cargo test` without it the test says so and passes; under
 //! `cargo xtask ci` a missing broker is a failure.
 
+mod support;
+
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use emissions_core::{Emissions, Metadata};
 use emissions_kafka::{KafkaBuilderExt, KafkaEndpoint};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::Message;
 use rdkafka::message::Headers;
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde_json::json;
 
 const EVENTS: usize = 10_000;
 const KEYS: usize = 100;
 const PARTITIONS: i32 = 8;
 
-fn brokers() -> Option<String> {
-    match std::env::var("EMISSIONS_KAFKA_BROKERS") {
-        Ok(brokers) => Some(brokers),
-        Err(_) if std::env::var("EMISSIONS_REQUIRE_SERVICES").is_ok() => {
-            panic!("EMISSIONS_KAFKA_BROKERS is not set: `cargo xtask ci` starts a broker")
-        }
-        Err(_) => None,
-    }
-}
-
-async fn create_topic(brokers: &str, topic: &str) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .expect("admin client");
-    let results = admin
-        .create_topics(
-            &[NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-        )
-        .await
-        .expect("create topics");
-    for result in results {
-        result.expect("topic created");
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_events_over_a_hundred_keys_arrive_once_each_in_key_order() {
-    let Some(brokers) = brokers() else {
-        eprintln!("skipped: set EMISSIONS_KAFKA_BROKERS or run `cargo xtask ci`");
+    let Some(brokers) = support::brokers() else {
         return;
     };
     let topic = format!("emissions-it-{}", std::process::id());
-    create_topic(&brokers, &topic).await;
+    support::create_topic(&brokers, &topic, PARTITIONS).await;
 
     let emissions = Emissions::builder()
         .kafka(
@@ -91,20 +62,7 @@ async fn ten_thousand_events_over_a_hundred_keys_arrive_once_each_in_key_order()
         EVENTS as u64
     );
 
-    // Read back by assigning every partition (consumer-group joins are slow on some brokers).
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", "emissions-it")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..PARTITIONS {
-        assignment
-            .add_partition_offset(&topic, partition, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&assignment).unwrap();
+    let consumer = support::consumer(&brokers, &topic, PARTITIONS);
     let mut seen_ids = HashSet::new();
     let mut last_seq_per_key: HashMap<String, (i32, u64)> = HashMap::new();
     let started = std::time::Instant::now();

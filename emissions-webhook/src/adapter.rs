@@ -4,13 +4,15 @@
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
-use emissions_core::{Adapter, AdapterOptions, BatchError, Event, Failure, async_trait};
+use emissions_core::{
+    Adapter, AdapterOptions, BatchError, CloudEvents, Event, Failure, async_trait,
+};
 use futures_util::StreamExt;
 use http::HeaderMap;
 
 use crate::Error;
 use crate::endpoint::Filter;
-use crate::request_builder::{envelope, headers};
+use crate::request_builder::{body, headers};
 use crate::service::{Attempt, Outcome};
 use crate::signature::{Secret, unix_seconds};
 
@@ -30,6 +32,7 @@ pub struct WebhookAdapter {
     secrets: Vec<Secret>,
     filter: Filter,
     headers: HeaderMap,
+    cloudevents: Option<CloudEvents>,
     client: reqwest::Client,
     limits: Limits,
     options: AdapterOptions,
@@ -55,6 +58,7 @@ impl WebhookAdapter {
         secrets: Vec<Secret>,
         filter: Filter,
         headers: HeaderMap,
+        cloudevents: Option<CloudEvents>,
         client: reqwest::Client,
         limits: Limits,
         options: AdapterOptions,
@@ -65,6 +69,7 @@ impl WebhookAdapter {
             secrets,
             filter,
             headers,
+            cloudevents,
             client,
             limits,
             options,
@@ -87,13 +92,10 @@ impl WebhookAdapter {
     }
 
     async fn deliver(&self, event: &Event) -> Outcome {
-        let body = match envelope(event) {
-            Ok(body) => body,
-            Err(err) => return Outcome::Permanent(Failure::permanent(err)),
-        };
         if self.disabled {
             return Outcome::Permanent(Failure::permanent(Error::Disabled));
         }
+        let body = body(event, self.cloudevents.as_ref());
         if body.len() > self.limits.max_payload {
             return Outcome::Permanent(Failure::permanent(Error::PayloadTooLarge {
                 size: body.len(),
@@ -105,7 +107,14 @@ impl WebhookAdapter {
             endpoint: &self.name,
             client: &self.client,
             url: &self.url,
-            headers: headers(event, &body, timestamp, &self.secrets, &self.headers),
+            headers: headers(
+                event,
+                &body,
+                timestamp,
+                &self.secrets,
+                &self.headers,
+                self.cloudevents.as_ref(),
+            ),
             body,
             max_response_body: self.limits.max_response_body,
             retry_after_cap: self.limits.retry_after_cap,

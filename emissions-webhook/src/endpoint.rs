@@ -5,8 +5,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use emissions_core::envelope::ContentMode;
 use emissions_core::{
-    AdapterOptions, DeadLetter, EmissionsBuilder, Event, RetryPolicy, TopicRouter,
+    AdapterOptions, CloudEvents, DeadLetter, EmissionsBuilder, Event, RetryPolicy, TopicRouter,
 };
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -85,6 +86,7 @@ pub struct WebhookEndpoint {
     secrets: Vec<String>,
     filter: Filter,
     headers: Vec<(String, String)>,
+    cloudevents: Option<CloudEvents>,
     connect_timeout: Duration,
     timeout: Duration,
     concurrency: usize,
@@ -122,6 +124,7 @@ impl WebhookEndpoint {
             secrets: Vec::new(),
             filter: Filter::All,
             headers: Vec::new(),
+            cloudevents: None,
             connect_timeout: Duration::from_secs(5),
             timeout: Duration::from_secs(15),
             concurrency: 1,
@@ -183,6 +186,25 @@ impl WebhookEndpoint {
     /// See [`WebhookEndpoint`].
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Sends events as CloudEvents 1.0 (HTTP protocol binding). **Structured** mode — the
+    /// one to choose when signing, as every endpoint does — POSTs the whole event as
+    /// `application/cloudevents+json`, so the Standard Webhooks signature covers every
+    /// attribute; `webhook-id` equals the CloudEvents `id`. **Binary** mode POSTs the payload
+    /// as emitted with the attributes in percent-encoded `ce-*` headers, which the signature
+    /// does not cover. See [`CloudEvents`] for how metadata maps to attributes.
+    ///
+    /// ```
+    /// use emissions_core::CloudEvents;
+    /// let hook = emissions_webhook::WebhookEndpoint::new("crm", "https://crm.example.com/events")
+    ///     .secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+    ///     .cloudevents(CloudEvents::structured("https://shop.example.com/orders"));
+    /// assert!(hook.build().is_ok());
+    /// ```
+    pub fn cloudevents(mut self, cloudevents: CloudEvents) -> Self {
+        self.cloudevents = Some(cloudevents);
         self
     }
 
@@ -362,7 +384,13 @@ impl WebhookEndpoint {
         for (name, value) in &self.headers {
             let header = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| self.invalid("headers", format!("`{name}` is not a header name")))?;
-            if header == http::header::CONTENT_TYPE || header.as_str().starts_with("webhook-") {
+            let cloudevent_attribute = self.cloudevents.as_ref().map(CloudEvents::mode)
+                == Some(ContentMode::Binary)
+                && header.as_str().starts_with("ce-");
+            if header == http::header::CONTENT_TYPE
+                || header.as_str().starts_with("webhook-")
+                || cloudevent_attribute
+            {
                 return Err(self.invalid("headers", format!("`{name}` is set by the adapter")));
             }
             let value = HeaderValue::from_str(value).map_err(|_| {
@@ -385,10 +413,14 @@ impl WebhookEndpoint {
         if self.max_payload == 0 {
             return Err(self.invalid("max_payload_bytes", "must be at least 1"));
         }
-        self.queue.validate(&self.name).map_err(|e| match e {
+        let core = |e| match e {
             emissions_core::Error::Config { field, reason, .. } => self.invalid(field, reason),
             other => self.invalid("queue", other.to_string()),
-        })?;
+        };
+        if let Some(ce) = &self.cloudevents {
+            ce.validate(&self.name).map_err(core)?;
+        }
+        self.queue.validate(&self.name).map_err(core)?;
         let client = reqwest::Client::builder()
             .connect_timeout(self.connect_timeout)
             .timeout(self.timeout)
@@ -406,6 +438,7 @@ impl WebhookEndpoint {
             secrets,
             self.filter,
             headers,
+            self.cloudevents,
             client,
             crate::adapter::Limits {
                 concurrency: self.concurrency,

@@ -57,10 +57,6 @@ pub enum Error {
     /// The request failed before a response (connect error, timeout, reset).
     #[error("request failed: {0}")]
     Transport(#[source] reqwest::Error),
-    /// The event could not be written into the envelope (nothing is sent; never an empty
-    /// body).
-    #[error("the event could not be written into the envelope: {0}")]
-    Envelope(#[source] emissions_core::Error),
     /// Verification: a required header is absent or not valid text.
     #[error("missing header `{0}`")]
     MissingHeader(&'static str),

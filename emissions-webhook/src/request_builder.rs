@@ -1,58 +1,62 @@
-//! Event → webhook request: the JSON envelope and the headers. Pure; no I/O.
+//! Event → webhook request: the body and the headers. Pure; no I/O.
 
 use bytes::Bytes;
-use emissions_core::{Event, Metadata};
+use emissions_core::envelope::{ContentMode, trace_context};
+use emissions_core::{CloudEvents, Event};
 use http::HeaderMap;
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
-use serde::Serialize;
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 
-use crate::Error;
 use crate::signature::{Secret, WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP, sign};
 
-/// Metadata keys forwarded as HTTP headers (W3C trace context).
-const FORWARDED: [&str; 2] = ["traceparent", "tracestate"];
+/// What the HTTP CloudEvents binding percent-encodes in a `ce-` header value: space, `"`, `%`
+/// and everything outside printable ASCII (non-ASCII is always encoded, as UTF-8 bytes).
+const HEADER_UNSAFE: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'%');
 
-#[derive(Serialize)]
-struct Envelope<'a> {
-    id: String,
-    #[serde(rename = "type")]
-    kind: &'a str,
-    timestamp: String,
-    metadata: &'a Metadata,
+/// The body POSTed for `event`: the core envelope ([`Event::envelope`]), or with CloudEvents
+/// the structured event, or in binary mode the payload as emitted.
+pub(crate) fn body(event: &Event, cloudevents: Option<&CloudEvents>) -> Bytes {
+    Bytes::from(match cloudevents {
+        None => event.envelope().to_vec(),
+        Some(ce) => match ce.mode() {
+            ContentMode::Structured => ce.event(event).to_vec(),
+            ContentMode::Binary => event.payload().to_vec(),
+        },
+    })
 }
 
-/// The body POSTed for `event`: `{"id","type","timestamp","metadata","data"}`, with `data` the
-/// payload bytes serialized at emit time, embedded as they are.
-pub(crate) fn envelope(event: &Event) -> Result<Bytes, Error> {
-    let envelope = Envelope {
-        id: event.id().to_string(),
-        kind: event.name(),
-        timestamp: humantime::format_rfc3339_micros(event.emitted_at()).to_string(),
-        metadata: event.metadata(),
-    };
-    // A struct of strings and a JSON map serializes as an object; should it ever fail, the
-    // event fails with the reason instead of an empty body being sent.
-    event
-        .to_json_with_payload(&envelope, "data")
-        .map(Bytes::from)
-        .map_err(Error::Envelope)
-}
-
-/// The headers of one attempt: content type, static headers, trace context, and the Standard
-/// Webhooks id/timestamp/signature over exactly `body`.
+/// The headers of one attempt: content type, static headers, trace context, CloudEvents
+/// attributes in binary mode, and the Standard Webhooks id/timestamp/signature over exactly
+/// `body`.
 pub(crate) fn headers(
     event: &Event,
     body: &[u8],
     timestamp: i64,
     secrets: &[Secret],
     extra: &HeaderMap,
+    cloudevents: Option<&CloudEvents>,
 ) -> HeaderMap {
     let mut headers = extra.clone();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    for key in FORWARDED {
-        if let Some(value) = event.metadata().get(key).and_then(|v| v.as_str()) {
-            if let Ok(value) = HeaderValue::from_str(value) {
-                headers.insert(HeaderName::from_static(key), value);
+    let content_type = match cloudevents.map(CloudEvents::mode) {
+        Some(ContentMode::Structured) => "application/cloudevents+json; charset=utf-8",
+        _ => "application/json",
+    };
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    for (key, value) in trace_context(event) {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(HeaderName::from_static(key), value);
+        }
+    }
+    if let Some(ce) = cloudevents.filter(|ce| ce.mode() == ContentMode::Binary) {
+        for (name, value) in ce.event(event).attributes() {
+            // Attribute names are lowercase letters and digits; percent-encoded values are
+            // printable ASCII: both always valid.
+            let name = HeaderName::try_from(format!("ce-{name}"));
+            let value = HeaderValue::try_from(
+                utf8_percent_encode(&value.as_text(), HEADER_UNSAFE).to_string(),
+            );
+            if let (Ok(name), Ok(value)) = (name, value) {
+                headers.insert(name, value);
             }
         }
     }
@@ -70,6 +74,7 @@ pub(crate) fn headers(
 mod tests {
     use super::*;
     use crate::Verifier;
+    use emissions_core::Metadata;
     use serde_json::json;
 
     fn event() -> Event {
@@ -85,30 +90,23 @@ mod tests {
     #[test]
     fn envelope_embeds_the_emitted_payload_bytes() {
         let e = event();
-        let body = envelope(&e).unwrap();
+        let body = body(&e, None);
+        assert_eq!(body, e.envelope().to_vec());
         let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(parsed["id"], e.id().to_string());
         assert_eq!(parsed["type"], "order_created");
         assert_eq!(parsed["data"], json!({"id": 7, "item": "widget"}));
-        assert_eq!(parsed["metadata"]["source"], "api");
-        assert!(parsed["timestamp"].as_str().unwrap().ends_with('Z'));
-        let text = std::str::from_utf8(&body).unwrap();
-        assert!(text.contains(&format!(
-            "\"data\":{}",
-            std::str::from_utf8(e.payload()).unwrap()
-        )));
     }
 
     #[test]
     fn headers_sign_exactly_the_body_and_forward_trace_context() {
         let e = event();
-        let body = envelope(&e).unwrap();
+        let body = body(&e, None);
         let secret = Secret::from_bytes(vec![5; 32]).unwrap();
         let mut extra = HeaderMap::new();
         extra.insert("x-tenant", HeaderValue::from_static("acme"));
         let now = std::time::SystemTime::now();
         let ts = crate::signature::unix_seconds(now);
-        let h = headers(&e, &body, ts, std::slice::from_ref(&secret), &extra);
+        let h = headers(&e, &body, ts, std::slice::from_ref(&secret), &extra, None);
         assert_eq!(h[CONTENT_TYPE], "application/json");
         assert_eq!(h["x-tenant"], "acme");
         assert_eq!(h["webhook-id"], e.id().to_string().as_str());
@@ -128,5 +126,56 @@ mod tests {
                 .verify_at(&h, &altered, now)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn cloudevents_binary_puts_percent_encoded_attributes_in_ce_headers() {
+        let mut meta = Metadata::new();
+        meta.insert("subject".into(), json!("Bestellung \"Nr. 5\" 100% ✓"));
+        meta.insert("tenant".into(), json!("acme"));
+        let e = Event::new("order_created", &json!({"id": 7}), meta).unwrap();
+        let ce = CloudEvents::binary("/orders");
+        let body = body(&e, Some(&ce));
+        assert_eq!(body, e.payload());
+        let secret = Secret::from_bytes(vec![5; 32]).unwrap();
+        let h = headers(&e, &body, 1, &[secret], &HeaderMap::new(), Some(&ce));
+        assert_eq!(h[CONTENT_TYPE], "application/json");
+        assert_eq!(h["ce-specversion"], "1.0");
+        assert_eq!(h["ce-id"], e.id().to_string().as_str());
+        assert_eq!(h["ce-id"], h["webhook-id"]);
+        assert_eq!(h["ce-source"], "/orders");
+        assert_eq!(h["ce-type"], "order_created");
+        assert_eq!(h["ce-tenant"], "acme");
+        assert_eq!(
+            h["ce-subject"],
+            "Bestellung%20%22Nr.%205%22%20100%25%20%E2%9C%93"
+        );
+    }
+
+    #[test]
+    fn cloudevents_structured_signs_the_whole_event() {
+        let e = event();
+        let ce = CloudEvents::structured("/orders");
+        let body = body(&e, Some(&ce));
+        assert_eq!(body, ce.event(&e).to_vec());
+        let secret = Secret::from_bytes(vec![5; 32]).unwrap();
+        let now = std::time::SystemTime::now();
+        let ts = crate::signature::unix_seconds(now);
+        let h = headers(
+            &e,
+            &body,
+            ts,
+            std::slice::from_ref(&secret),
+            &HeaderMap::new(),
+            Some(&ce),
+        );
+        assert_eq!(
+            h[CONTENT_TYPE],
+            "application/cloudevents+json; charset=utf-8"
+        );
+        assert!(h.get("ce-id").is_none());
+        let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(parsed["id"], h["webhook-id"].to_str().unwrap());
+        assert!(Verifier::new([secret]).verify_at(&h, &body, now).is_ok());
     }
 }

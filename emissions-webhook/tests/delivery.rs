@@ -253,7 +253,7 @@ async fn the_envelope_carries_id_type_timestamp_data_metadata_and_trace_context(
     assert_eq!(body["id"], sent.id().to_string());
     assert_eq!(body["type"], "order_created");
     assert_eq!(body["data"], json!({"item": "widget"}));
-    assert!(body["timestamp"].as_str().unwrap().starts_with("20"));
+    assert!(body["time"].as_str().unwrap().starts_with("20"));
     assert_eq!(
         body["metadata"]["traceparent"],
         sent.metadata()["traceparent"]

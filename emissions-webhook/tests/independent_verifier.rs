@@ -3,12 +3,10 @@
 //! `cargo test` without it the test says so and passes; under `cargo xtask ci`
 //! (`EMISSIONS_REQUIRE_SERVICES=1`) a missing package is a failure.
 
+#[path = "../../xtask/python/independent.rs"]
+mod independent;
 mod support;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
-use base64::Engine;
 use emissions_core::Emissions;
 use emissions_webhook::{Secret, Verifier, WebhookBuilderExt};
 use serde_json::json;
@@ -32,20 +30,9 @@ signed = Webhook(cases[0]["secrets"][0]).sign("msg_python", now, '{"from":"pytho
 print(json.dumps({"verified": len(cases), "timestamp": int(now.timestamp()), "signature": signed}))
 "#;
 
-fn python_path() -> Option<String> {
-    match std::env::var("EMISSIONS_PYTHONPATH") {
-        Ok(path) => Some(path),
-        Err(_) if std::env::var("EMISSIONS_REQUIRE_SERVICES").is_ok() => {
-            panic!("EMISSIONS_PYTHONPATH is not set: cargo xtask ci installs `standardwebhooks`")
-        }
-        Err(_) => None,
-    }
-}
-
 #[tokio::test]
 async fn the_standardwebhooks_python_package_verifies_our_requests() {
-    let Some(pythonpath) = python_path() else {
-        eprintln!("skipped: run under `cargo xtask ci` to verify with the Python package");
+    let Some(pythonpath) = independent::python_path() else {
         return;
     };
     let hooks = receiver(always(200)).await;
@@ -64,7 +51,6 @@ async fn the_standardwebhooks_python_package_verifies_our_requests() {
         .unwrap();
     buffer.commit().await.unwrap().settled().await;
 
-    let b64 = base64::engine::general_purpose::STANDARD;
     let cases: Vec<serde_json::Value> = hooks
         .requests()
         .iter()
@@ -73,32 +59,12 @@ async fn the_standardwebhooks_python_package_verifies_our_requests() {
                 .iter()
                 .map(|h| (h.to_string(), json!(r.headers[*h].to_str().unwrap())))
                 .collect();
-            json!({"body": b64.encode(&r.body), "headers": headers, "secrets": [support::SECRET, ROTATED]})
+            json!({"body": independent::b64(&r.body), "headers": headers, "secrets": [support::SECRET, ROTATED]})
         })
         .collect();
     assert_eq!(cases.len(), 2);
 
-    let mut child = Command::new("python3")
-        .args(["-c", SCRIPT])
-        .env("PYTHONPATH", pythonpath)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(serde_json::to_string(&cases).unwrap().as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "python verification failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let answer: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let answer = independent::run(&pythonpath, SCRIPT, &json!(cases));
     assert_eq!(answer["verified"], 2);
 
     let mut headers = http::HeaderMap::new();

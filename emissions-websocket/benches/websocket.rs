@@ -182,11 +182,14 @@ async fn emissions_run(clients: usize, events: usize) -> Run {
 /// metadata, the payload, a position of the feed's length), serialized once per event.
 fn bare_frame(seq: usize) -> serde_json::Value {
     serde_json::json!({
-        "type": "event", "id": format!("{seq:036}"), "name": "tick",
-        "timestamp": "2026-11-27T00:00:00.000000Z",
-        "metadata": {"tenant": "acme"},
+        "type": "event",
         "position": format!("{:032x}.{}", seq, seq + 1),
-        "payload": {"t": now_micros(), "seq": seq}
+        "event": {
+            "id": format!("{seq:036}"), "type": "tick",
+            "time": "2026-11-27T00:00:00.000000Z",
+            "metadata": {"tenant": "acme"},
+            "data": {"t": now_micros(), "seq": seq}
+        }
     })
 }
 

@@ -68,22 +68,16 @@ impl Adapter for FeedAdapter {
                 continue;
             }
             let offset = self.next;
-            match frame::entry(
+            entries.push(frame::entry(
                 event.clone(),
                 topic.map(Arc::from),
                 0,
                 offset,
                 &self.epoch,
                 &[offset + 1],
-            ) {
-                Some(entry) => {
-                    self.next += 1;
-                    entries.push(entry);
-                }
-                None => {
-                    tracing::error!(target: "emissions::websocket", event = %event.id(), "event could not be framed; not published");
-                }
-            }
+                self.hub.cloudevents.as_ref(),
+            ));
+            self.next += 1;
         }
         if !entries.is_empty() {
             self.hub.publish(entries, &[self.next]);

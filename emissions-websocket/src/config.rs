@@ -8,7 +8,8 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
-use emissions_core::{Event, TopicRouter};
+use emissions_core::envelope::ContentMode;
+use emissions_core::{CloudEvents, Event, TopicRouter};
 
 use crate::Error;
 use crate::selection::Selection;
@@ -201,6 +202,7 @@ pub struct FeedBuilder {
     pub(crate) limits: Limits,
     pub(crate) origins: Option<Vec<String>>,
     pub(crate) router: Option<Arc<dyn TopicRouter + Send + Sync>>,
+    pub(crate) cloudevents: Option<CloudEvents>,
 }
 
 impl std::fmt::Debug for FeedBuilder {
@@ -221,6 +223,29 @@ impl FeedBuilder {
             Carried::Some(selection) => selection,
             _ => unreachable!("set just above"),
         }
+    }
+
+    /// Frames carry each event as a structured CloudEvent 1.0 (`{"type":"event","position",
+    /// "event":{"specversion":"1.0","id",…}}`) instead of the envelope. Binary mode has no
+    /// meaning for a frame and is a configuration error.
+    ///
+    /// ```
+    /// use emissions_core::CloudEvents;
+    /// use emissions_websocket::{LiveFeed, Public};
+    /// let feed = LiveFeed::builder()
+    ///     .all_events()
+    ///     .cloudevents(CloudEvents::structured("/live"))
+    ///     .build(Public);
+    /// assert!(feed.is_ok());
+    /// let binary = LiveFeed::builder()
+    ///     .all_events()
+    ///     .cloudevents(CloudEvents::binary("/live"))
+    ///     .build(Public);
+    /// assert!(binary.is_err());
+    /// ```
+    pub fn cloudevents(mut self, cloudevents: CloudEvents) -> Self {
+        self.cloudevents = Some(cloudevents);
+        self
     }
 
     /// Carries events with these names (a trailing `*` for a prefix). Nothing else leaves
@@ -349,6 +374,18 @@ impl FeedBuilder {
                 .check()
                 .map_err(|reason| invalid("events", &reason))?,
             Carried::All => {}
+        }
+        if let Some(ce) = &self.cloudevents {
+            if ce.mode() == ContentMode::Binary {
+                return Err(invalid(
+                    "cloudevents",
+                    "a frame carries the structured form; use CloudEvents::structured",
+                ));
+            }
+            ce.validate("live feed").map_err(|e| match e {
+                emissions_core::Error::Config { reason, .. } => invalid("cloudevents", &reason),
+                other => invalid("cloudevents", &other.to_string()),
+            })?;
         }
         let l = &self.limits;
         let zero = [

@@ -102,7 +102,7 @@ impl FeedBuilder {
     ) -> LiveFeed<A> {
         LiveFeed {
             inner: Arc::new(Inner {
-                hub: Arc::new(Hub::new(self.limits, epoch, starts)),
+                hub: Arc::new(Hub::new(self.limits, self.cloudevents, epoch, starts)),
                 auth: Arc::new(auth),
                 origins: self.origins,
                 carried: self.carried,

@@ -1,30 +1,36 @@
 //! Event → frame: the JSON text every transport carries. Pure; no I/O.
 //!
-//! `{"type":"event","id","name","timestamp","metadata","payload","position"}` — the payload
-//! exactly as emitted, the position the connection resumes from after this event.
+//! `{"type":"event","position","event"}` — `event` is the event's envelope as every adapter
+//! writes it ([`Event::envelope`]: `{"id","type","time","metadata","data"}`, the payload
+//! exactly as emitted), or with CloudEvents its structured form; `position` is where the
+//! connection resumes from after this event.
 
 use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
-use emissions_core::{Event, Metadata};
+use emissions_core::envelope::CloudEvent;
+use emissions_core::{CloudEvents, Envelope, Event};
 use serde::Serialize;
 
 use crate::hub::Entry;
 use crate::position::Position;
 
 #[derive(Serialize)]
+#[serde(untagged)]
+enum Body<'a> {
+    Envelope(Envelope<'a>),
+    CloudEvent(CloudEvent<'a>),
+}
+
+#[derive(Serialize)]
 struct EventFrame<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
-    id: String,
-    name: &'a str,
-    timestamp: String,
-    metadata: &'a Metadata,
     position: &'a str,
+    event: Body<'a>,
 }
 
 /// The entry for `event` at `offset` of `stream`; `cursor` is the stream's cursor after it.
-/// `None` only if the frame cannot be serialized (it is then counted by the caller).
 pub(crate) fn entry(
     event: Event,
     topic: Option<Arc<str>>,
@@ -32,31 +38,33 @@ pub(crate) fn entry(
     offset: u64,
     epoch: &str,
     cursor: &[u64],
-) -> Option<Arc<Entry>> {
+    cloudevents: Option<&CloudEvents>,
+) -> Arc<Entry> {
     let position = Position::format(epoch, cursor);
-    let fields = EventFrame {
+    let frame = EventFrame {
         kind: "event",
-        id: event.id().to_string(),
-        name: event.name(),
-        timestamp: humantime::format_rfc3339_micros(event.emitted_at()).to_string(),
-        metadata: event.metadata(),
         position: &position,
+        event: match cloudevents {
+            None => Body::Envelope(event.envelope()),
+            Some(ce) => Body::CloudEvent(ce.event(&event)),
+        },
     };
-    let bytes = event.to_json_with_payload(&fields, "payload").ok()?;
-    let text = String::from_utf8(bytes).ok()?;
-    Some(Arc::new(Entry {
+    // Strings, an envelope and a CloudEvent: serde_json writes them without fail.
+    let text = serde_json::to_string(&frame).expect("a frame always serializes");
+    Arc::new(Entry {
         stream,
         offset,
         event,
         topic,
         position,
         text: Utf8Bytes::from(text),
-    }))
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use emissions_core::Metadata;
 
     #[test]
     fn the_frame_carries_the_payload_as_emitted_and_the_position() {
@@ -66,13 +74,27 @@ mod tests {
             Metadata::new(),
         )
         .unwrap();
-        let entry = entry(event.clone(), None, 0, 7, "e1", &[8]).unwrap();
+        let entry = entry(event.clone(), None, 0, 7, "e1", &[8], None);
         let frame: serde_json::Value = serde_json::from_str(entry.text.as_str()).unwrap();
         assert_eq!(frame["type"], "event");
-        assert_eq!(frame["name"], "café_opened");
-        assert_eq!(frame["id"], event.id().to_string());
-        assert_eq!(frame["payload"], serde_json::json!({"é": [1, 2]}));
         assert_eq!(frame["position"], "e1.8");
         assert_eq!(entry.position, "e1.8");
+        let envelope: serde_json::Value =
+            serde_json::from_slice(&event.envelope().to_vec()).unwrap();
+        assert_eq!(frame["event"], envelope);
+        assert_eq!(frame["event"]["type"], "café_opened");
+        assert_eq!(frame["event"]["data"], serde_json::json!({"é": [1, 2]}));
+    }
+
+    #[test]
+    fn with_cloudevents_the_frame_carries_the_structured_event() {
+        let event = Event::new("a", &1, Metadata::new()).unwrap();
+        let ce = CloudEvents::structured("/live");
+        let entry = entry(event.clone(), None, 0, 0, "e1", &[1], Some(&ce));
+        let frame: serde_json::Value = serde_json::from_str(entry.text.as_str()).unwrap();
+        let structured: serde_json::Value =
+            serde_json::from_slice(&ce.event(&event).to_vec()).unwrap();
+        assert_eq!(frame["event"], structured);
+        assert_eq!(frame["event"]["specversion"], "1.0");
     }
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use axum::extract::ws::Utf8Bytes;
-use emissions_core::Event;
+use emissions_core::{CloudEvents, Event};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -390,6 +390,8 @@ impl State {
 
 pub(crate) struct Hub {
     pub(crate) limits: Limits,
+    /// Frames carry the structured CloudEvent instead of the envelope.
+    pub(crate) cloudevents: Option<CloudEvents>,
     state: RwLock<State>,
     next_id: AtomicU64,
     connections: AtomicUsize,
@@ -427,9 +429,15 @@ impl Drop for Hub {
 }
 
 impl Hub {
-    pub(crate) fn new(limits: Limits, epoch: String, starts: Vec<u64>) -> Self {
+    pub(crate) fn new(
+        limits: Limits,
+        cloudevents: Option<CloudEvents>,
+        epoch: String,
+        starts: Vec<u64>,
+    ) -> Self {
         Hub {
             limits,
+            cloudevents,
             state: RwLock::new(State {
                 clients: HashMap::new(),
                 outlets: HashMap::new(),
@@ -987,7 +995,7 @@ mod tests {
             .map(|offset| {
                 let event =
                     Event::new("order_created", &offset, emissions_core::Metadata::new()).unwrap();
-                crate::frame::entry(event, None, 0, offset, "e", &[offset + 1]).unwrap()
+                crate::frame::entry(event, None, 0, offset, "e", &[offset + 1], None)
             })
             .collect()
     }
@@ -996,7 +1004,7 @@ mod tests {
     /// a connection registered while it loads is not cut off, and reads only live frames.
     #[test]
     fn history_loaded_after_a_connection_registered_is_not_its_lag() {
-        let hub = Arc::new(Hub::new(Limits::default(), "e".into(), vec![0]));
+        let hub = Arc::new(Hub::new(Limits::default(), None, "e".into(), vec![0]));
         let visible: Visible = Arc::new(|_: &Event| true);
         let registration = hub
             .register(

@@ -6,12 +6,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use emissions_core::{Event, Metadata};
+use emissions_core::{Event, Metadata, envelope};
 use futures_util::StreamExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use serde::Deserialize;
 
 use crate::adapter::carries;
 use crate::config::{Authorize, FeedBuilder};
@@ -323,10 +322,15 @@ async fn consume(
                 continue;
             }
             let topic = layout.topics[stream].clone();
-            let Some(entry) = frame::entry(event, Some(topic), stream, offset, &epoch, &cursor)
-            else {
-                continue;
-            };
+            let entry = frame::entry(
+                event,
+                Some(topic),
+                stream,
+                offset,
+                &epoch,
+                &cursor,
+                hub.cloudevents.as_ref(),
+            );
             if offset < layout.live_from[stream] {
                 history.push(entry);
             } else {
@@ -401,50 +405,47 @@ const EVENT_ID: &str = "event-id";
 const EVENT_NAME: &str = "event-name";
 const EVENT_TIME: &str = "event-time";
 
-/// The value in the envelope format.
-#[derive(Deserialize)]
-struct Envelope {
-    id: String,
-    name: String,
-    metadata: Metadata,
-    payload: Box<serde_json::value::RawValue>,
-}
-
-/// The event a record carries, from its headers and value.
+/// The event a record written by the Kafka adapter carries, in any of its formats: `event-*`
+/// headers with the payload or the envelope as the value, or a CloudEvent in binary (`ce_*`
+/// headers) or structured (`application/cloudevents+json`) mode.
 fn decode(record: &BorrowedMessage<'_>) -> Option<Event> {
     let headers = record.headers()?;
+    let value = record.payload().unwrap_or_default();
     let mut id = None;
     let mut name = None;
     let mut time = None;
     let mut metadata = Metadata::new();
+    let mut attributes = Vec::new();
     for header in headers.iter() {
-        let Some(value) = header.value.and_then(|v| std::str::from_utf8(v).ok()) else {
+        let Some(text) = header.value.and_then(|v| std::str::from_utf8(v).ok()) else {
             continue;
         };
         match header.key {
-            EVENT_ID => id = uuid::Uuid::parse_str(value).ok(),
-            EVENT_NAME => name = Some(value.to_owned()),
-            EVENT_TIME => time = humantime::parse_rfc3339(value).ok(),
+            EVENT_ID => id = uuid::Uuid::parse_str(text).ok(),
+            EVENT_NAME => name = Some(text.to_owned()),
+            EVENT_TIME => time = humantime::parse_rfc3339(text).ok(),
             "traceparent" | "tracestate" => {
-                metadata.insert(header.key.to_owned(), value.into());
+                metadata.insert(header.key.to_owned(), text.into());
             }
-            _ => {}
+            "content-type" if text.starts_with("application/cloudevents+json") => {
+                return envelope::read_structured(value).ok();
+            }
+            key => {
+                if let Some(attribute) = key.strip_prefix("ce_") {
+                    attributes.push((attribute, text));
+                }
+            }
         }
+    }
+    if !attributes.is_empty() {
+        return envelope::read_binary(attributes, value).ok();
     }
     let (id, name) = (id?, name?);
-    let time = time.unwrap_or(SystemTime::UNIX_EPOCH);
-    let value = record.payload().unwrap_or_default();
-    if let Ok(envelope) = serde_json::from_slice::<Envelope>(value) {
-        if envelope.id == id.to_string() && envelope.name == name {
-            return Event::restore(
-                id,
-                name,
-                envelope.payload.get().as_bytes().to_vec(),
-                envelope.metadata,
-                time,
-            )
-            .ok();
+    if let Ok(event) = envelope::read_envelope(value) {
+        if event.id() == id && event.name() == name {
+            return Some(event);
         }
     }
+    let time = time.unwrap_or(SystemTime::UNIX_EPOCH);
     Event::restore(id, name, value.to_vec(), metadata, time).ok()
 }

@@ -57,8 +57,10 @@
 //!
 //! The same handler answers a WebSocket upgrade and a request with
 //! `Accept: text/event-stream` (SSE). Event frames are the same JSON on both:
-//! `{"type":"event","id","name","timestamp","metadata","payload","position"}`; SSE sends the
-//! position as `id:`, so a browser's `EventSource` resumes by itself (`Last-Event-ID`).
+//! `{"type":"event","position","event"}`, where `event` is the envelope every adapter writes
+//! (`{"id","type","time","metadata","data"}`, the payload exactly as emitted) or, with
+//! [`FeedBuilder::cloudevents`], the structured CloudEvent. SSE sends the position as `id:`,
+//! so a browser's `EventSource` resumes by itself (`Last-Event-ID`).
 //! Control frames (`subscribed`, `error`, `resume`) are `event: control` on SSE. Anything
 //! malformed — a query, a pattern, a control message, any UTF-8 — gets a 400 or an `error`
 //! frame, never a panic; a connection task that ends for any reason deregisters itself.

@@ -50,7 +50,7 @@ async fn each_user_sees_only_their_own_events_live_replayed_resumed_and_after_re
     .await;
     let alice_seen = events(&mut alice, 2).await;
     assert_eq!(users_of(&alice_seen), ["alice", "alice"]);
-    assert_eq!(alice_seen[1]["name"], "order_paid");
+    assert_eq!(alice_seen[1]["event"]["type"], "order_paid");
     quiet(&mut alice).await;
     let seen = events(&mut bob, 2).await;
     assert_eq!(users_of(&seen), ["bob", "bob"]);
@@ -72,7 +72,7 @@ async fn each_user_sees_only_their_own_events_live_replayed_resumed_and_after_re
     let frames = events(&mut resumed, 2).await;
     assert_eq!(users_of(&frames), ["alice", "alice"]);
     assert_eq!(
-        [&frames[0]["name"], &frames[1]["name"]],
+        [&frames[0]["event"]["type"], &frames[1]["event"]["type"]],
         ["order_paid", "order_shipped"]
     );
     let answer = next_json(&mut resumed).await;
@@ -87,7 +87,7 @@ async fn each_user_sees_only_their_own_events_live_replayed_resumed_and_after_re
     for _ in 0..3 {
         let (kind, id, data) = sse.next().await.unwrap();
         assert_eq!(kind, None);
-        assert_eq!(data["payload"]["user"], "bob");
+        assert_eq!(data["event"]["data"]["user"], "bob");
         assert_eq!(id.as_deref(), data["position"].as_str());
     }
     commit(
@@ -96,7 +96,7 @@ async fn each_user_sees_only_their_own_events_live_replayed_resumed_and_after_re
     )
     .await;
     let (_, _, data) = sse.next().await.unwrap();
-    assert_eq!(data["payload"]["user"], "bob");
+    assert_eq!(data["event"]["data"]["user"], "bob");
     assert_eq!(app.feed.stats().authorization_panics, 0);
 }
 
@@ -174,7 +174,10 @@ async fn a_feed_must_choose_what_it_carries_and_a_public_feed_is_explicit() {
     buffer.commit().await.unwrap().settled().await;
     let frame = next_json(&mut ws).await;
     assert_eq!(
-        (frame["name"].clone(), frame["payload"].clone()),
+        (
+            frame["event"]["type"].clone(),
+            frame["event"]["data"].clone()
+        ),
         (json!("status"), json!("green"))
     );
     quiet(&mut ws).await;
@@ -217,7 +220,7 @@ async fn non_ascii_and_malformed_input_gets_an_answer_never_a_panic() {
     )
     .await;
     let frame = next_json(&mut ws_client).await;
-    assert_eq!(frame["name"], "café_opened");
+    assert_eq!(frame["event"]["type"], "café_opened");
     quiet(&mut ws_client).await;
 
     for query in [
@@ -260,7 +263,7 @@ async fn a_panicking_may_see_withholds_the_frame_and_the_connection_lives_on() {
     )
     .await;
     let frame = next_json(&mut alice).await;
-    assert_eq!(frame["name"], "order_created");
+    assert_eq!(frame["event"]["type"], "order_created");
     assert_eq!(app.feed.stats().authorization_panics, 1);
     assert_eq!(app.feed.stats().connected, 1);
 }
@@ -489,9 +492,9 @@ async fn an_sse_client_resumes_from_last_event_id_and_an_evicted_position_says_s
         .await
         .unwrap();
     let (_, _, missed_paid) = again.next().await.unwrap();
-    assert_eq!(missed_paid["id"], second["id"]);
+    assert_eq!(missed_paid["event"]["id"], second["event"]["id"]);
     let (_, _, missed_shipped) = again.next().await.unwrap();
-    assert_eq!(missed_shipped["name"], "order_shipped");
+    assert_eq!(missed_shipped["event"]["type"], "order_shipped");
     let (kind, id, answer) = again.next().await.unwrap();
     assert_eq!((kind.as_deref(), id), (Some("control"), None));
     assert_eq!(
@@ -609,7 +612,10 @@ fn random_queries_and_control_messages_get_an_answer_never_a_panic() {
         // And the feed still serves.
         let mut client = ws(&app, "alice", "").await;
         commit(&app.emissions, &[("order_created", "alice")]).await;
-        assert_eq!(events(&mut client, 1).await[0]["name"], "order_created");
+        assert_eq!(
+            events(&mut client, 1).await[0]["event"]["type"],
+            "order_created"
+        );
     });
 }
 
@@ -733,7 +739,7 @@ async fn an_eventsource_reconnect_resumes_from_last_event_id_whatever_its_url_sa
         .await
         .unwrap();
     let (_, saved, data) = probe.next().await.unwrap();
-    assert_eq!(data["id"], first[0].id().to_string());
+    assert_eq!(data["event"]["id"], first[0].id().to_string());
     drop(probe);
     // Everything committed after the saved position, in order.
     let mut after_saved: Vec<String> = Vec::new();
@@ -751,7 +757,7 @@ async fn an_eventsource_reconnect_resumes_from_last_event_id_whatever_its_url_sa
                 assert_eq!(data["recovered"], true, "{url}: {data}");
                 break;
             }
-            missed.push(data["id"].as_str().unwrap().to_owned());
+            missed.push(data["event"]["id"].as_str().unwrap().to_owned());
         }
         assert_eq!(
             missed, after_saved,
@@ -761,7 +767,7 @@ async fn an_eventsource_reconnect_resumes_from_last_event_id_whatever_its_url_sa
         after_saved.push(newer[0].id().to_string());
         let (_, id, data) = sse.next().await.unwrap();
         assert_eq!(
-            data["id"],
+            data["event"]["id"],
             newer[0].id().to_string(),
             "{url}: only what is new"
         );
@@ -774,7 +780,7 @@ async fn an_eventsource_reconnect_resumes_from_last_event_id_whatever_its_url_sa
             .unwrap();
         let (_, _, data) = again.next().await.unwrap();
         assert_eq!(
-            data["id"],
+            data["event"]["id"],
             newest[0].id().to_string(),
             "{url}: no duplicates"
         );

