@@ -17,6 +17,7 @@ use crate::service::{Attempt, Outcome};
 use crate::signature::{Secret, unix_seconds};
 
 pub(crate) struct Limits {
+    pub(crate) timeout: Duration,
     pub(crate) concurrency: usize,
     pub(crate) max_payload: usize,
     pub(crate) max_response_body: usize,
@@ -116,6 +117,7 @@ impl WebhookAdapter {
                 self.cloudevents.as_ref(),
             ),
             body,
+            timeout: self.limits.timeout,
             max_response_body: self.limits.max_response_body,
             retry_after_cap: self.limits.retry_after_cap,
         }

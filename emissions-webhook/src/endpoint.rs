@@ -94,6 +94,8 @@ pub struct WebhookEndpoint {
     max_payload: usize,
     max_response_body: usize,
     address_policy: AddressPolicy,
+    client: Option<reqwest::Client>,
+    proxy: Option<String>,
     queue: AdapterOptions,
     /// The ordering key, kept so that [`queue`](Self::queue) does not lose it.
     key: Option<KeyFn>,
@@ -132,6 +134,8 @@ impl WebhookEndpoint {
             max_payload: 1024 * 1024,
             max_response_body: 64 * 1024,
             address_policy: AddressPolicy::default(),
+            client: None,
+            proxy: None,
             queue: AdapterOptions::default().retry(default_retry_schedule()),
             key: None,
         }
@@ -205,6 +209,42 @@ impl WebhookEndpoint {
     /// ```
     pub fn cloudevents(mut self, cloudevents: CloudEvents) -> Self {
         self.cloudevents = Some(cloudevents);
+        self
+    }
+
+    /// Sends through `client` instead of one built for this endpoint: to share one connection
+    /// pool among many endpoints (one per tenant, say), or for a TLS setup of your own. The
+    /// client's own redirect, proxy and resolver settings then apply, so the SSRF guard checks
+    /// only literal-IP URLs — give the client a resolver that refuses internal addresses, or
+    /// an egress proxy that does. The endpoint's [`timeout`](Self::timeout) still bounds
+    /// every request.
+    ///
+    /// ```
+    /// let shared = reqwest::Client::builder().proxy(reqwest::Proxy::all("http://10.0.0.5:4750")?).build()?;
+    /// let hook = emissions_webhook::WebhookEndpoint::new("acme", "https://acme.example.com/hooks")
+    ///     .secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+    ///     .client(shared.clone());
+    /// assert!(hook.build().is_ok());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn client(mut self, client: reqwest::Client) -> Self {
+        self.client = Some(client);
+        self
+    }
+
+    /// Sends every request through an egress proxy (`http://smokescreen.internal:4750`),
+    /// which then decides which destinations are reachable: host names are resolved by the
+    /// proxy, not checked here (literal-IP URLs still are), and the proxy's own address may be
+    /// internal. Not with [`client`](Self::client) (set the proxy on that client).
+    ///
+    /// ```
+    /// let hook = emissions_webhook::WebhookEndpoint::new("acme", "https://acme.example.com/hooks")
+    ///     .secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+    ///     .proxy("http://10.0.0.5:4750");
+    /// assert!(hook.build().is_ok());
+    /// ```
+    pub fn proxy(mut self, url: impl Into<String>) -> Self {
+        self.proxy = Some(url.into());
         self
     }
 
@@ -421,17 +461,36 @@ impl WebhookEndpoint {
             ce.validate(&self.name).map_err(core)?;
         }
         self.queue.validate(&self.name).map_err(core)?;
-        let client = reqwest::Client::builder()
-            .connect_timeout(self.connect_timeout)
-            .timeout(self.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .dns_resolver(Arc::new(GuardedResolver {
-                policy: Arc::new(self.address_policy.clone()),
-            }))
-            .user_agent(concat!("emissions-webhook/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| self.invalid("client", e.to_string()))?;
+        let client = match (&self.client, &self.proxy) {
+            (Some(_), Some(_)) => {
+                return Err(self.invalid(
+                    "proxy",
+                    "a client of your own carries its proxy; set it on that client",
+                ));
+            }
+            (Some(client), None) => client.clone(),
+            (None, proxy) => {
+                let builder = reqwest::Client::builder()
+                    .connect_timeout(self.connect_timeout)
+                    .timeout(self.timeout)
+                    .redirect(reqwest::redirect::Policy::none())
+                    .user_agent(concat!("emissions-webhook/", env!("CARGO_PKG_VERSION")));
+                let builder = match proxy {
+                    Some(proxy) => builder.proxy(
+                        reqwest::Proxy::all(proxy.as_str())
+                            .map_err(|e| self.invalid("proxy", format!("`{proxy}`: {e}")))?,
+                    ),
+                    None => builder.no_proxy().dns_resolver(Arc::new(GuardedResolver {
+                        policy: Arc::new(self.address_policy.clone()),
+                        // Within the connect timeout, so that it, not the timeout, answers.
+                        bound: (self.connect_timeout / 2).min(Duration::from_secs(3)),
+                    })),
+                };
+                builder
+                    .build()
+                    .map_err(|e| self.invalid("client", e.to_string()))?
+            }
+        };
         Ok(WebhookAdapter::new(
             self.name,
             url,
@@ -441,6 +500,7 @@ impl WebhookEndpoint {
             self.cloudevents,
             client,
             crate::adapter::Limits {
+                timeout: self.timeout,
                 concurrency: self.concurrency,
                 max_payload: self.max_payload,
                 max_response_body: self.max_response_body,

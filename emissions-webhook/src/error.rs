@@ -43,6 +43,15 @@ pub enum Error {
         /// The refused address.
         addr: IpAddr,
     },
+    /// The endpoint's host name did not resolve within the resolve bound (asked again with
+    /// backoff meanwhile); the event fails at once instead of waiting out the retry schedule.
+    #[error("host `{host}` does not resolve: {reason}")]
+    Unresolvable {
+        /// The host name.
+        host: String,
+        /// The resolver's last answer.
+        reason: String,
+    },
     /// The receiver answered with a status that is not a success.
     #[error("receiver answered {status}{}", if body.is_empty() { String::new() } else { format!(": {body}") })]
     Status {

@@ -15,7 +15,8 @@ pub(crate) enum Outcome {
     Delivered,
     /// Worth retrying (408, 429, 5xx, connect errors, timeouts).
     Retry(Failure),
-    /// Not worth retrying (3xx, other 4xx, a blocked address, an oversized payload).
+    /// Not worth retrying (3xx, other 4xx, a blocked address, a host name that does not
+    /// resolve, an oversized payload).
     Permanent(Failure),
     /// 410 Gone: disable the endpoint.
     Gone(Failure),
@@ -27,6 +28,7 @@ pub(crate) struct Attempt<'a> {
     pub(crate) url: &'a reqwest::Url,
     pub(crate) headers: HeaderMap,
     pub(crate) body: Bytes,
+    pub(crate) timeout: Duration,
     pub(crate) max_response_body: usize,
     pub(crate) retry_after_cap: Duration,
 }
@@ -39,6 +41,7 @@ impl Attempt<'_> {
             .post(self.url.clone())
             .headers(self.headers)
             .body(self.body)
+            .timeout(self.timeout)
             .send()
             .await;
         let response = match sent {
@@ -74,15 +77,25 @@ impl Attempt<'_> {
     }
 }
 
-/// The SSRF guard's refusal, if that is what stopped the request.
+/// The resolver's permanent refusal — the SSRF guard's, or a name that does not resolve — if
+/// that is what stopped the request.
 fn blocked(err: &reqwest::Error) -> Option<Error> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(current) = source {
-        if let Some(Error::Blocked { host, addr }) = current.downcast_ref::<Error>() {
-            return Some(Error::Blocked {
-                host: host.clone(),
-                addr: *addr,
-            });
+        match current.downcast_ref::<Error>() {
+            Some(Error::Blocked { host, addr }) => {
+                return Some(Error::Blocked {
+                    host: host.clone(),
+                    addr: *addr,
+                });
+            }
+            Some(Error::Unresolvable { host, reason }) => {
+                return Some(Error::Unresolvable {
+                    host: host.clone(),
+                    reason: reason.clone(),
+                });
+            }
+            _ => {}
         }
         source = current.source();
     }

@@ -15,8 +15,8 @@ use crate::Error;
 
 /// Which addresses an endpoint may connect to. The default refuses every internal address:
 /// loopback, private (RFC 1918), link-local, CGNAT (100.64/10), unique-local IPv6, unspecified,
-/// multicast, broadcast, reserved and documentation ranges, and the IPv4-mapped, IPv4-compatible,
-/// NAT64 and 6to4 IPv6 forms of them.
+/// multicast, broadcast, reserved and documentation ranges, local-use NAT64 (`64:ff9b:1::/48`),
+/// and the IPv4-mapped, IPv4-translated, IPv4-compatible, NAT64 and 6to4 IPv6 forms of them.
 ///
 /// ```
 /// use emissions_webhook::AddressPolicy;
@@ -75,13 +75,16 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The IPv4 address inside IPv4-mapped, IPv4-compatible, NAT64 and 6to4 addresses.
+/// The IPv4 address inside IPv4-mapped, IPv4-translated, IPv4-compatible, NAT64 and 6to4
+/// addresses.
 fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
     let s = v6.segments();
     let tail = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
     match s {
         // ::ffff:a.b.c.d (mapped)
         [0, 0, 0, 0, 0, 0xffff, _, _] => Some(tail),
+        // ::ffff:0:a.b.c.d (translated, RFC 2765)
+        [0, 0, 0, 0, 0xffff, 0, _, _] => Some(tail),
         // ::a.b.c.d (compatible, deprecated) — but not :: and ::1 themselves
         [0, 0, 0, 0, 0, 0, hi, lo] if hi != 0 || lo > 1 => Some(tail),
         // 64:ff9b::a.b.c.d (NAT64)
@@ -125,6 +128,7 @@ pub(crate) fn is_internal(ip: IpAddr) -> bool {
                 || (s[0] & 0xffc0) == 0xfec0 // site local (deprecated)
                 || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
                 || (s[0] == 0x0100 && s[1] == 0 && s[2] == 0 && s[3] == 0) // discard-only
+                || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1) // local-use NAT64 64:ff9b:1::/48
         }
     }
 }
@@ -146,33 +150,63 @@ pub(crate) fn check_literal(policy: &AddressPolicy, url: &reqwest::Url) -> Resul
     }
 }
 
-/// A resolver that keeps only the addresses the policy permits.
+/// A resolver that keeps only the addresses the policy permits. A name that does not resolve
+/// is asked again, with backoff, for at most `bound`, then fails as
+/// [`Error::Unresolvable`] — a permanent failure, not a retry on the endpoint's schedule.
 #[derive(Debug)]
 pub(crate) struct GuardedResolver {
     pub(crate) policy: Arc<AddressPolicy>,
+    pub(crate) bound: std::time::Duration,
 }
 
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let policy = self.policy.clone();
+        let bound = self.bound;
         Box::pin(async move {
             let host = name.as_str().to_owned();
-            let resolved: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let resolved = lookup(&host, bound).await?;
             let permitted: Vec<SocketAddr> = resolved
                 .iter()
                 .copied()
                 .filter(|addr| policy.permits(addr.ip()))
                 .collect();
-            match (permitted.is_empty(), resolved.first()) {
-                (false, _) => Ok(Box::new(permitted.into_iter()) as Addrs),
-                (true, Some(refused)) => Err(Box::new(Error::Blocked {
+            match permitted.is_empty() {
+                false => Ok(Box::new(permitted.into_iter()) as Addrs),
+                true => Err(Box::new(Error::Blocked {
                     host,
-                    addr: refused.ip(),
+                    addr: resolved[0].ip(),
                 }) as _),
-                (true, None) => Err(format!("{host} resolved to no address").into()),
             }
         })
+    }
+}
+
+/// Looks `host` up, again after 100 ms, 200 ms, … while `bound` lasts.
+async fn lookup(host: &str, bound: std::time::Duration) -> Result<Vec<SocketAddr>, Error> {
+    let deadline = tokio::time::Instant::now() + bound;
+    let mut pause = std::time::Duration::from_millis(100);
+    loop {
+        let reason =
+            match tokio::time::timeout_at(deadline, tokio::net::lookup_host((host, 0))).await {
+                Ok(Ok(addrs)) => {
+                    let addrs: Vec<SocketAddr> = addrs.collect();
+                    if !addrs.is_empty() {
+                        return Ok(addrs);
+                    }
+                    "no address".to_owned()
+                }
+                Ok(Err(err)) => err.to_string(),
+                Err(_) => "the lookup did not finish".to_owned(),
+            };
+        if tokio::time::Instant::now() + pause >= deadline {
+            return Err(Error::Unresolvable {
+                host: host.to_owned(),
+                reason,
+            });
+        }
+        tokio::time::sleep(pause).await;
+        pause *= 2;
     }
 }
 
@@ -217,6 +251,11 @@ mod tests {
             "64:ff9b::10.0.0.1",
             "2002:7f00:1::",
             "2002:c0a8:101::1",
+            "::ffff:0:127.0.0.1",
+            "::ffff:0:10.1.2.3",
+            "::ffff:0:169.254.169.254",
+            "64:ff9b:1::1",
+            "64:ff9b:1:ffff::8.8.8.8",
         ] {
             assert!(internal(ip), "{ip} should be internal");
         }
@@ -235,6 +274,8 @@ mod tests {
             "::ffff:93.184.216.34",
             "64:ff9b::808:808",
             "2002:808:808::",
+            "::ffff:0:8.8.8.8",
+            "64:ff9b:2::1",
         ] {
             assert!(!internal(ip), "{ip} should be public");
         }

@@ -98,3 +98,96 @@ async fn an_allow_list_for_one_address_does_not_open_its_neighbours() {
     assert!(matches!(err, Error::Config { field: "url", .. }));
     assert_eq!(connections.load(Ordering::SeqCst), 0);
 }
+
+#[tokio::test]
+async fn a_host_name_that_does_not_resolve_fails_at_once_instead_of_waiting_out_the_schedule() {
+    let (dead, hook) = dead_letters();
+    // The default schedule (5 s, 5 min, … about a day): the failure must not enter it.
+    let emissions = Emissions::builder()
+        .webhook(
+            WebhookEndpoint::new("gone", "http://tenant-gone.invalid/hooks")
+                .secret(SECRET)
+                .dead_letter(hook),
+        )
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    let receipt = emissions.emit_now("a", &1).await.unwrap();
+    let outcome = tokio::time::timeout(std::time::Duration::from_secs(10), receipt.settled())
+        .await
+        .expect("settled within the resolve bound, not the retry schedule");
+    assert_eq!(outcome.adapter("gone").unwrap().failed, 1);
+    let dead = dead.lock().unwrap();
+    assert!(
+        dead[0]
+            .2
+            .starts_with("host `tenant-gone.invalid` does not resolve"),
+        "{}",
+        dead[0].2
+    );
+    assert_eq!(dead[0].3, 1, "one attempt");
+}
+
+#[tokio::test]
+async fn through_an_egress_proxy_the_proxy_resolves_the_name() {
+    // A real HTTP server on loopback plays the proxy: the request reaches it in absolute form,
+    // for a host name that does not resolve here.
+    let proxy = receiver(always(200)).await;
+    let emissions = Emissions::builder()
+        .webhook(
+            WebhookEndpoint::new("tenant", "http://tenant.invalid/hooks")
+                .secret(SECRET)
+                .proxy(proxy.url.as_str()),
+        )
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    let outcome = emissions.emit_now("a", &1).await.unwrap().settled().await;
+    assert_eq!(outcome.adapter("tenant").unwrap().delivered, 1);
+    let requests = proxy.requests();
+    assert_eq!(requests[0].headers["host"], "tenant.invalid");
+    support::verifier()
+        .verify(&requests[0].headers, &requests[0].body)
+        .unwrap();
+    // Literal internal addresses are still refused, proxy or not.
+    assert!(
+        WebhookEndpoint::new("x", "http://10.0.0.1/hooks")
+            .secret(SECRET)
+            .proxy(proxy.url.as_str())
+            .build()
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn many_endpoints_share_one_client() {
+    let hooks = receiver(always(200)).await;
+    let client = reqwest::Client::new();
+    let mut builder = Emissions::builder();
+    for tenant in ["acme", "globex", "initech"] {
+        builder = builder
+            .webhook(
+                WebhookEndpoint::new(tenant, format!("{}/{tenant}", hooks.url))
+                    .secret(SECRET)
+                    // A literal loopback URL is still checked with a client of one's own.
+                    .address_policy(loopback())
+                    .client(client.clone()),
+            )
+            .unwrap();
+    }
+    let emissions = builder.start().await.unwrap();
+    let outcome = emissions.emit_now("a", &1).await.unwrap().settled().await;
+    for tenant in ["acme", "globex", "initech"] {
+        assert_eq!(outcome.adapter(tenant).unwrap().delivered, 1, "{tenant}");
+    }
+    assert_eq!(hooks.requests().len(), 3);
+    let err = WebhookEndpoint::new("both", "https://x.example.com/")
+        .secret(SECRET)
+        .client(client)
+        .proxy("http://10.0.0.5:4750")
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("invalid `proxy`"), "{err}");
+}
