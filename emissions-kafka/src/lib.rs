@@ -49,3 +49,7 @@ pub use adapter::KafkaAdapter;
 pub use endpoint::{DEFAULT_PROPERTIES, KafkaBuilderExt, KafkaEndpoint, KeyStrategy, ValueFormat};
 pub use error::Error;
 pub use request_builder::headers;
+
+/// The rdkafka crate this one is built on, for its types (`ClientConfig` properties are set
+/// through [`KafkaEndpoint::property`]).
+pub use rdkafka;
