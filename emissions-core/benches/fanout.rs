@@ -50,14 +50,16 @@ async fn emissions(adapters: usize, events: u64, pad: &'static str) -> Run {
     let counters: Vec<Arc<AtomicU64>> = (0..adapters).map(|_| Arc::default()).collect();
     let mut builder = Emissions::builder();
     for (i, counter) in counters.iter().enumerate() {
-        builder = builder.adapter_with(
-            format!("a{i}"),
-            Counting(counter.clone()),
-            AdapterOptions::default()
-                .capacity(CAPACITY)
-                .max_demand(MAX_DEMAND)
-                .overflow(OverflowPolicy::Block),
-        );
+        builder = builder
+            .adapter(
+                emissions_core::Named::new(format!("a{i}"), Counting(counter.clone())).options(
+                    AdapterOptions::default()
+                        .capacity(CAPACITY)
+                        .max_demand(MAX_DEMAND)
+                        .overflow(OverflowPolicy::Block),
+                ),
+            )
+            .unwrap();
     }
     let emissions = builder.start().await.unwrap();
     let started = Instant::now();
@@ -121,18 +123,23 @@ impl Adapter for Poisoned {
 async fn poison(events: u64, poisoned: bool) -> Run {
     let delivered = Arc::new(AtomicU64::new(0));
     let emissions = Emissions::builder()
-        .adapter_with(
-            "webhook",
-            Poisoned {
-                delivered: delivered.clone(),
-                poisoned,
-            },
-            AdapterOptions::default()
-                .capacity(CAPACITY)
-                .max_demand(MAX_DEMAND)
-                .overflow(OverflowPolicy::Block)
-                .retry(RetryPolicy::schedule([Duration::from_secs(1); 1000])),
+        .adapter(
+            emissions_core::Named::new(
+                "webhook",
+                Poisoned {
+                    delivered: delivered.clone(),
+                    poisoned,
+                },
+            )
+            .options(
+                AdapterOptions::default()
+                    .capacity(CAPACITY)
+                    .max_demand(MAX_DEMAND)
+                    .overflow(OverflowPolicy::Block)
+                    .retry(RetryPolicy::schedule([Duration::from_secs(1); 1000])),
+            ),
         )
+        .unwrap()
         .start()
         .await
         .unwrap();

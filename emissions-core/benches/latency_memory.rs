@@ -59,11 +59,11 @@ async fn start_timing() -> (Emissions, Arc<Mutex<Vec<Duration>>>, Arc<AtomicU64>
     let samples = Arc::new(Mutex::new(Vec::new()));
     let count = Arc::new(AtomicU64::new(0));
     let emissions = Emissions::builder()
-        .adapter_with(
-            "timing",
-            Timing(samples.clone(), count.clone()),
-            AdapterOptions::default().overflow(OverflowPolicy::Block),
+        .adapter(
+            emissions_core::Named::new("timing", Timing(samples.clone(), count.clone()))
+                .options(AdapterOptions::default().overflow(OverflowPolicy::Block)),
         )
+        .unwrap()
         .start()
         .await
         .unwrap();
@@ -94,7 +94,11 @@ fn main() {
     let before = vm_hwm_kib();
     let dropped = rt.block_on(async {
         let emissions = Emissions::builder()
-            .adapter_with("stuck", Stuck, AdapterOptions::default().capacity(10_000))
+            .adapter(
+                emissions_core::Named::new("stuck", Stuck)
+                    .options(AdapterOptions::default().capacity(10_000)),
+            )
+            .unwrap()
             .start()
             .await
             .unwrap();

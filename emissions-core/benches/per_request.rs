@@ -27,11 +27,11 @@ fn per_request(c: &mut Criterion) {
     let one = rt
         .block_on(
             Emissions::builder()
-                .adapter_with(
-                    "noop",
-                    Noop,
-                    AdapterOptions::default().overflow(OverflowPolicy::Block),
+                .adapter(
+                    emissions_core::Named::new("noop", Noop)
+                        .options(AdapterOptions::default().overflow(OverflowPolicy::Block)),
                 )
+                .unwrap()
                 .start(),
         )
         .unwrap();

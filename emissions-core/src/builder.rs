@@ -17,16 +17,120 @@ use crate::{
     Adapter, AdapterOptions, Emissions, Error, Handler, HandlerOptions, OverflowPolicy, panic,
 };
 
-struct Registration {
+/// An adapter ready to be registered: its name (unique in the instance), the adapter, and its
+/// queue options (the builder's [`default_options`](EmissionsBuilder::default_options) when
+/// none). What [`IntoAdapter::into_adapter`] returns.
+pub struct Registration {
     name: String,
     adapter: Box<dyn Adapter>,
     options: Option<AdapterOptions>,
 }
 
+impl Registration {
+    /// `adapter` under `name`, with the builder's default options.
+    pub fn new(name: impl Into<String>, adapter: impl Adapter) -> Self {
+        Registration {
+            name: name.into(),
+            adapter: Box::new(adapter),
+            options: None,
+        }
+    }
+
+    /// With its own queue options.
+    pub fn options(mut self, options: AdapterOptions) -> Self {
+        self.options = Some(options);
+        self
+    }
+
+    /// The adapter's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl fmt::Debug for Registration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registration")
+            .field("name", &self.name)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`EmissionsBuilder::adapter`] registers, naming the adapter once: an adapter crate's
+/// endpoint (`KafkaEndpoint`, `WebhookEndpoint`, a live feed), which checks its configuration
+/// here and fails with its crate's error naming the adapter and the field, or any
+/// [`Adapter`] with a name through [`Named`].
+pub trait IntoAdapter {
+    /// The error of a configuration that does not check out.
+    type Error;
+
+    /// Checks the configuration and builds the adapter.
+    fn into_adapter(self) -> Result<Registration, Self::Error>;
+}
+
+/// A user adapter with its name, and optionally its own queue options: how an [`Adapter`] of
+/// your own is registered.
+///
+/// ```
+/// use emissions_core::{async_trait, Adapter, AdapterOptions, BatchError, Emissions, Event, Named};
+///
+/// struct Audit;
+/// #[async_trait]
+/// impl Adapter for Audit {
+///     async fn handle_events(&mut self, _: &[Event]) -> Result<(), BatchError> { Ok(()) }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let emissions = Emissions::builder()
+///     .adapter(Named::new("audit", Audit).options(AdapterOptions::default().max_demand(10)))?
+///     .start()
+///     .await?;
+/// # let _ = emissions;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Named<A> {
+    name: String,
+    adapter: A,
+    options: Option<AdapterOptions>,
+}
+
+impl<A: Adapter> Named<A> {
+    /// `adapter` under `name`.
+    pub fn new(name: impl Into<String>, adapter: A) -> Self {
+        Named {
+            name: name.into(),
+            adapter,
+            options: None,
+        }
+    }
+
+    /// With its own queue options instead of the builder's defaults.
+    pub fn options(mut self, options: AdapterOptions) -> Self {
+        self.options = Some(options);
+        self
+    }
+}
+
+impl<A: Adapter> IntoAdapter for Named<A> {
+    /// Names and options are checked when the instance starts (as [`Error::Config`]).
+    type Error = std::convert::Infallible;
+
+    fn into_adapter(self) -> Result<Registration, Self::Error> {
+        Ok(Registration {
+            name: self.name,
+            adapter: Box::new(self.adapter),
+            options: self.options,
+        })
+    }
+}
+
 /// Registers adapters with their options, then [`start`](Self::start)s the instance.
 ///
 /// ```
-/// use emissions_core::{async_trait, Adapter, AdapterOptions, BatchError, Emissions, Event, OverflowPolicy};
+/// use emissions_core::{async_trait, Adapter, AdapterOptions, BatchError, Emissions, Event, Named, OverflowPolicy};
 ///
 /// struct Noop;
 /// #[async_trait]
@@ -35,17 +139,17 @@ struct Registration {
 /// }
 ///
 /// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), emissions_core::Error> {
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let emissions = Emissions::builder()
 ///     .default_options(AdapterOptions::default().max_demand(100))
-///     .adapter("audit", Noop)
-///     .adapter_with("kafka", Noop, AdapterOptions::default().overflow(OverflowPolicy::Block))
+///     .adapter(Named::new("audit", Noop))?
+///     .adapter(Named::new("kafka", Noop).options(AdapterOptions::default().overflow(OverflowPolicy::Block)))?
 ///     .start()
 ///     .await?;
 /// # let _ = emissions;
 ///
 /// let err = Emissions::builder()
-///     .adapter_with("kafka", Noop, AdapterOptions::default().capacity(0))
+///     .adapter(Named::new("kafka", Noop).options(AdapterOptions::default().capacity(0)))?
 ///     .start()
 ///     .await
 ///     .unwrap_err();
@@ -89,33 +193,15 @@ impl fmt::Debug for EmissionsBuilder {
 }
 
 impl EmissionsBuilder {
-    /// Registers an adapter under a unique name, with the default options.
+    /// Registers an adapter, named once by what is registered: an adapter crate's endpoint
+    /// (checked now; its error names the adapter and the field) or a [`Named`] adapter of your
+    /// own. Names must be unique; that, and the options, are checked by
+    /// [`start`](Self::start).
     ///
     /// See [`EmissionsBuilder`].
-    pub fn adapter(mut self, name: impl Into<String>, adapter: impl Adapter) -> Self {
-        self.adapters.push(Registration {
-            name: name.into(),
-            adapter: Box::new(adapter),
-            options: None,
-        });
-        self
-    }
-
-    /// Registers an adapter under a unique name, with its own options.
-    ///
-    /// See [`EmissionsBuilder`].
-    pub fn adapter_with(
-        mut self,
-        name: impl Into<String>,
-        adapter: impl Adapter,
-        options: AdapterOptions,
-    ) -> Self {
-        self.adapters.push(Registration {
-            name: name.into(),
-            adapter: Box::new(adapter),
-            options: Some(options),
-        });
-        self
+    pub fn adapter<C: IntoAdapter>(mut self, adapter: C) -> Result<Self, C::Error> {
+        self.adapters.push(adapter.into_adapter()?);
+        Ok(self)
     }
 
     /// Options for adapters registered with [`adapter`](Self::adapter). Defaults to

@@ -36,7 +36,7 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), emissions_core::Error> {
 //! let emissions = Emissions::builder()
-//!     .adapter("test", emissions_testing::TestAdapter::new())
+//!     .adapter(emissions_core::Named::new("test", emissions_testing::TestAdapter::new()))?
 //!     .start()
 //!     .await?;
 //! let lane = emissions.durable_lane("test").expect("registered");

@@ -41,7 +41,7 @@ use crate::{Buffer, DeliveryReport, EmissionsBuilder, Error, Event, Metadata, Re
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), emissions_core::Error> {
-/// let emissions = Emissions::builder().adapter("print", Print).start().await?;
+/// let emissions = Emissions::builder().adapter(emissions_core::Named::new("print", Print))?.start().await?;
 ///
 /// let buffer = emissions.start();
 /// buffer.emit("order_created", &serde_json::json!({"id": 1}))?;
@@ -126,7 +126,26 @@ impl Emissions {
     {
         self.ensure_open()?;
         let event = Event::new(name, payload, Metadata::new())?;
-        self.commit(&Single(Mutex::new(Some(event)))).await
+        self.commit(&Ready(Mutex::new(Some(vec![event])))).await
+    }
+
+    /// Commits events that already exist — received from another instance, or handed on by an
+    /// adapter that fans out to instances of its own — keeping their ids, times, payloads and
+    /// metadata, so every wire carries the same identity. All or nothing, as a buffer's commit.
+    ///
+    /// ```
+    /// # use emissions_core::{Emissions, Event, Metadata};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), emissions_core::Error> {
+    /// let emissions = Emissions::builder().start().await?;
+    /// let event = Event::new("order_created", &serde_json::json!({"id": 7}), Metadata::new())?;
+    /// let receipt = emissions.forward(vec![event]).await?;
+    /// assert_eq!(receipt.event_count(), 1);
+    /// # Ok(()) }
+    /// ```
+    pub async fn forward(&self, events: Vec<Event>) -> Result<Receipt, Error> {
+        self.ensure_open()?;
+        self.commit(&Ready(Mutex::new(Some(events)))).await
     }
 
     /// Attaches a telemetry observer; it sees every telemetry event of this instance, on the
@@ -254,7 +273,7 @@ impl Emissions {
     /// # use emissions_core::Emissions;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), emissions_core::Error> {
-    /// let emissions = Emissions::builder().adapter("test", emissions_testing::TestAdapter::new()).start().await?;
+    /// let emissions = Emissions::builder().adapter(emissions_core::Named::new("test", emissions_testing::TestAdapter::new()))?.start().await?;
     /// assert_eq!(emissions.durable_lane("test").unwrap().adapter(), "test");
     /// assert!(emissions.durable_lane("kafka").is_none());
     /// # Ok(()) }
@@ -292,7 +311,7 @@ impl Emissions {
     /// # use emissions_core::Emissions;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), emissions_core::Error> {
-    /// let emissions = Emissions::builder().adapter("test", emissions_testing::TestAdapter::new()).start().await?;
+    /// let emissions = Emissions::builder().adapter(emissions_core::Named::new("test", emissions_testing::TestAdapter::new()))?.start().await?;
     /// assert_eq!(emissions.adapter_names(), ["test"]);
     /// # Ok(()) }
     /// ```
@@ -348,19 +367,20 @@ impl Emissions {
     }
 }
 
-/// The one event of [`Emissions::emit_now`].
-struct Single(Mutex<Option<Event>>);
+/// The events of [`Emissions::emit_now`] and [`Emissions::forward`], ready as they are.
+struct Ready(Mutex<Option<Vec<Event>>>);
 
-impl Source for Single {
+impl Source for Ready {
     fn pending(&self) -> Result<usize, Error> {
-        Ok(1)
+        let events = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(events.as_ref().map_or(0, Vec::len))
     }
 
     fn take(&self, room: usize) -> Result<Option<Vec<Event>>, Error> {
-        if room == 0 {
+        let mut events = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if events.as_ref().is_some_and(|e| e.len() > room) {
             return Ok(None);
         }
-        let event = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
-        Ok(event.map(|e| vec![e]))
+        Ok(Some(events.take().unwrap_or_default()))
     }
 }

@@ -133,6 +133,14 @@ pub enum Error {
     },
 }
 
+/// What registering a [`Named`](crate::Named) adapter can fail with: nothing, so that `?`
+/// works in functions returning this crate's error.
+impl From<std::convert::Infallible> for Error {
+    fn from(never: std::convert::Infallible) -> Self {
+        match never {}
+    }
+}
+
 impl Error {
     pub(crate) fn config(adapter: &str, field: &'static str, reason: impl Into<String>) -> Self {
         Error::Config {

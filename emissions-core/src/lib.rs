@@ -116,7 +116,7 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), emissions_core::Error> {
-//! let emissions = Emissions::builder().adapter("print", Print).start().await?;
+//! let emissions = Emissions::builder().adapter(emissions_core::Named::new("print", Print))?.start().await?;
 //!
 //! let buffer = emissions.start();
 //! buffer.emit("order_created", &serde_json::json!({"id": 42, "item": "widget"}))?;
@@ -159,7 +159,7 @@ pub use ambient::{
 };
 pub use async_trait::async_trait;
 pub use buffer::{Buffer, PendingCommit};
-pub use builder::EmissionsBuilder;
+pub use builder::{EmissionsBuilder, IntoAdapter, Named, Registration};
 pub use emissions::Emissions;
 pub use envelope::{CloudEvents, Envelope};
 pub use error::{BoxError, BufferState, Error};

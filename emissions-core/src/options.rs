@@ -535,6 +535,28 @@ impl AdapterOptions {
         self
     }
 
+    /// The queue settings of `queue` (capacity, `max_demand`, overflow, backlog) with this
+    /// value's retry policy, dead-letter hook and ordering key: how an adapter crate's
+    /// endpoint takes queue options without losing what was set on it before.
+    ///
+    /// ```
+    /// use emissions_core::{AdapterOptions, RetryPolicy};
+    /// let endpoint = AdapterOptions::default()
+    ///     .retry(RetryPolicy::none())
+    ///     .ordered_by(|e| Some(e.name().to_owned()));
+    /// let merged = endpoint.with_queue_of(AdapterOptions::default().capacity(7));
+    /// assert_eq!((merged.capacity, merged.retry.attempts()), (7, 1));
+    /// assert!(merged.is_ordered());
+    /// ```
+    pub fn with_queue_of(&self, queue: AdapterOptions) -> AdapterOptions {
+        AdapterOptions {
+            retry: self.retry.clone(),
+            dead_letter: self.dead_letter.clone(),
+            key: self.key.clone(),
+            ..queue
+        }
+    }
+
     pub(crate) fn key_fn(&self) -> Option<&KeyFn> {
         self.key.as_ref()
     }

@@ -16,12 +16,13 @@ async fn a_stalled_adapter_never_delays_another_or_the_committer() {
     let live = TestAdapter::new();
     let recorder = live.recorder();
     let emissions = Emissions::builder()
-        .adapter_with(
-            "stalled",
-            stalled,
-            AdapterOptions::default().capacity(10).max_demand(5),
+        .adapter(
+            emissions_core::Named::new("stalled", stalled)
+                .options(AdapterOptions::default().capacity(10).max_demand(5)),
         )
-        .adapter("live", live)
+        .unwrap()
+        .adapter(emissions_core::Named::new("live", live))
+        .unwrap()
         .start()
         .await
         .unwrap();
@@ -169,7 +170,8 @@ async fn filtered_events_are_counted_not_delivered() {
     let orders = support::Scripted::ok().interested(|e| e.name().starts_with("order_"));
     let calls = orders.calls();
     let emissions = Emissions::builder()
-        .adapter("orders", orders)
+        .adapter(emissions_core::Named::new("orders", orders))
+        .unwrap()
         .start()
         .await
         .unwrap();

@@ -34,8 +34,10 @@ impl Adapter for PanickingInit {
 
 async fn config_error(options: AdapterOptions) -> (String, &'static str, String) {
     match Emissions::builder()
-        .adapter("ok", Scripted::ok())
-        .adapter_with("kafka", Scripted::ok(), options)
+        .adapter(emissions_core::Named::new("ok", Scripted::ok()))
+        .unwrap()
+        .adapter(emissions_core::Named::new("kafka", Scripted::ok()).options(options))
+        .unwrap()
         .start()
         .await
     {
@@ -84,7 +86,8 @@ async fn invalid_options_fail_start_naming_adapter_and_field() {
 async fn default_options_are_validated_too() {
     let err = Emissions::builder()
         .default_options(AdapterOptions::default().capacity(5))
-        .adapter("webhook", Scripted::ok())
+        .adapter(emissions_core::Named::new("webhook", Scripted::ok()))
+        .unwrap()
         .start()
         .await
         .unwrap_err();
@@ -97,14 +100,17 @@ async fn default_options_are_validated_too() {
 #[tokio::test]
 async fn adapter_names_must_be_unique_and_non_empty() {
     let dup = Emissions::builder()
-        .adapter("kafka", Scripted::ok())
-        .adapter("kafka", Scripted::ok())
+        .adapter(emissions_core::Named::new("kafka", Scripted::ok()))
+        .unwrap()
+        .adapter(emissions_core::Named::new("kafka", Scripted::ok()))
+        .unwrap()
         .start()
         .await
         .unwrap_err();
     assert!(matches!(dup, Error::Config { ref adapter, field: "name", .. } if adapter == "kafka"));
     let empty = Emissions::builder()
-        .adapter(" ", Scripted::ok())
+        .adapter(emissions_core::Named::new(" ", Scripted::ok()))
+        .unwrap()
         .start()
         .await
         .unwrap_err();
@@ -114,8 +120,10 @@ async fn adapter_names_must_be_unique_and_non_empty() {
 #[tokio::test]
 async fn init_failure_fails_start_naming_the_adapter() {
     let err = Emissions::builder()
-        .adapter("audit", Scripted::ok())
-        .adapter("kafka", FailingInit)
+        .adapter(emissions_core::Named::new("audit", Scripted::ok()))
+        .unwrap()
+        .adapter(emissions_core::Named::new("kafka", FailingInit))
+        .unwrap()
         .start()
         .await
         .unwrap_err();
@@ -124,7 +132,8 @@ async fn init_failure_fails_start_naming_the_adapter() {
     assert_eq!(source.to_string(), "cannot reach broker at 127.0.0.1:1");
 
     let err = Emissions::builder()
-        .adapter("tls", PanickingInit)
+        .adapter(emissions_core::Named::new("tls", PanickingInit))
+        .unwrap()
         .start()
         .await
         .unwrap_err();

@@ -61,13 +61,12 @@ async fn each_attempt_is_made_once_and_its_outcome_goes_back_to_the_store() {
     let dead = Arc::new(AtomicUsize::new(0));
     let counted = dead.clone();
     let emissions = Emissions::builder()
-        .adapter_with(
-            "webhook",
-            adapter,
+        .adapter(emissions_core::Named::new("webhook", adapter).options(
             AdapterOptions::default().dead_letter(move |_| {
                 counted.fetch_add(1, Ordering::SeqCst);
             }),
-        )
+        ))
+        .unwrap()
         .start()
         .await
         .unwrap();
@@ -128,11 +127,11 @@ async fn durable_attempts_ignore_the_adapters_ordering_key_the_store_orders_them
     let adapter = Scripted::ok();
     let calls = adapter.calls();
     let emissions = Emissions::builder()
-        .adapter_with(
-            "keyed",
-            adapter,
-            AdapterOptions::default().ordered_by(|_| Some("same".into())),
+        .adapter(
+            emissions_core::Named::new("keyed", adapter)
+                .options(AdapterOptions::default().ordered_by(|_| Some("same".into()))),
         )
+        .unwrap()
         .start()
         .await
         .unwrap();
@@ -152,14 +151,15 @@ async fn durable_attempts_ignore_the_adapters_ordering_key_the_store_orders_them
 async fn a_full_queue_makes_the_store_wait_never_drops_and_a_cancelled_submit_hands_over_nothing() {
     let (adapter, mut gate) = gated();
     let emissions = Emissions::builder()
-        .adapter_with(
-            "gated",
-            adapter,
-            AdapterOptions::default()
-                .capacity(2)
-                .max_demand(1)
-                .overflow(OverflowPolicy::DropNewest),
+        .adapter(
+            emissions_core::Named::new("gated", adapter).options(
+                AdapterOptions::default()
+                    .capacity(2)
+                    .max_demand(1)
+                    .overflow(OverflowPolicy::DropNewest),
+            ),
         )
+        .unwrap()
         .start()
         .await
         .unwrap();
@@ -200,7 +200,11 @@ async fn a_full_queue_makes_the_store_wait_never_drops_and_a_cancelled_submit_ha
 async fn attempts_cut_off_by_the_shutdown_deadline_go_back_to_the_store_as_dropped() {
     let (adapter, mut gate) = gated();
     let emissions = Emissions::builder()
-        .adapter_with("stalled", adapter, AdapterOptions::default().max_demand(1))
+        .adapter(
+            emissions_core::Named::new("stalled", adapter)
+                .options(AdapterOptions::default().max_demand(1)),
+        )
+        .unwrap()
         .start()
         .await
         .unwrap();
@@ -237,7 +241,8 @@ async fn a_panicking_outcome_callback_stops_nothing() {
         }
     }
     let emissions = Emissions::builder()
-        .adapter("a", Scripted::ok())
+        .adapter(emissions_core::Named::new("a", Scripted::ok()))
+        .unwrap()
         .start()
         .await
         .unwrap();

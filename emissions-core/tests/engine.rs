@@ -85,7 +85,8 @@ async fn events_failing_their_first_attempts_are_each_retried_on_their_own() {
     let policy = RetryPolicy::default().max_attempts(4);
     let (options, dead) = dead_letters(AdapterOptions::default().retry(policy));
     let emissions = Emissions::builder()
-        .adapter_with("flaky", adapter, options)
+        .adapter(emissions_core::Named::new("flaky", adapter).options(options))
+        .unwrap()
         .start()
         .await
         .unwrap();
@@ -106,7 +107,8 @@ async fn an_event_that_always_fails_costs_its_batch_mates_nothing() {
     let policy = RetryPolicy::default().max_attempts(4);
     let (options, dead) = dead_letters(AdapterOptions::default().retry(policy));
     let emissions = Emissions::builder()
-        .adapter_with("poisoned", adapter, options)
+        .adapter(emissions_core::Named::new("poisoned", adapter).options(options))
+        .unwrap()
         .start()
         .await
         .unwrap();
@@ -130,11 +132,11 @@ async fn a_retrying_event_waits_beside_the_queue_not_in_front_of_it() {
     let calls = adapter.calls();
     let policy = RetryPolicy::schedule([Duration::from_secs(3600); 3]);
     let emissions = Emissions::builder()
-        .adapter_with(
-            "webhook",
-            adapter,
-            AdapterOptions::default().max_demand(1).retry(policy),
+        .adapter(
+            emissions_core::Named::new("webhook", adapter)
+                .options(AdapterOptions::default().max_demand(1).retry(policy)),
         )
+        .unwrap()
         .start()
         .await
         .unwrap();
@@ -169,7 +171,8 @@ async fn with_a_key_a_retrying_event_holds_back_only_its_own_key() {
         .retry(RetryPolicy::schedule([Duration::from_secs(60); 3]))
         .ordered_by(|e| Some((e.payload_as::<u64>().unwrap() % 2).to_string()));
     let emissions = Emissions::builder()
-        .adapter_with("ordered", adapter, options)
+        .adapter(emissions_core::Named::new("ordered", adapter).options(options))
+        .unwrap()
         .start()
         .await
         .unwrap();
@@ -215,15 +218,17 @@ async fn a_cancelled_blocking_commit_commits_nothing_and_keeps_its_events() {
     let other = TestAdapter::new();
     let recorder = other.recorder();
     let emissions = Emissions::builder()
-        .adapter_with(
-            "gated",
-            gated,
-            AdapterOptions::default()
-                .capacity(1)
-                .max_demand(1)
-                .overflow(OverflowPolicy::Block),
+        .adapter(
+            emissions_core::Named::new("gated", gated).options(
+                AdapterOptions::default()
+                    .capacity(1)
+                    .max_demand(1)
+                    .overflow(OverflowPolicy::Block),
+            ),
         )
-        .adapter("other", other)
+        .unwrap()
+        .adapter(emissions_core::Named::new("other", other))
+        .unwrap()
         .start()
         .await
         .unwrap();
@@ -323,13 +328,16 @@ impl Adapter for Slow {
 async fn a_cancelled_shutdown_goes_on_and_every_call_gets_the_same_true_report() {
     let flushed = Arc::new(AtomicBool::new(false));
     let emissions = Emissions::builder()
-        .adapter_with(
-            "slow",
-            Slow {
-                flushed: flushed.clone(),
-            },
-            AdapterOptions::default().max_demand(1),
+        .adapter(
+            emissions_core::Named::new(
+                "slow",
+                Slow {
+                    flushed: flushed.clone(),
+                },
+            )
+            .options(AdapterOptions::default().max_demand(1)),
         )
+        .unwrap()
         .start()
         .await
         .unwrap();
@@ -438,13 +446,14 @@ impl Adapter for Blocking {
 async fn an_adapter_that_blocks_its_thread_is_fenced_and_counted_at_the_deadline() {
     let started = Arc::new(tokio::sync::Notify::new());
     let emissions = Emissions::builder()
-        .adapter(
+        .adapter(emissions_core::Named::new(
             "blocking",
             Blocking {
                 block: Duration::from_millis(2500),
                 started: started.clone(),
             },
-        )
+        ))
+        .unwrap()
         .start()
         .await
         .unwrap();
@@ -485,12 +494,13 @@ async fn a_panicking_observer_stops_nothing() {
     let recorder = test.recorder();
     let (gated, gate) = support::gated();
     let emissions = Emissions::builder()
-        .adapter("test", test)
-        .adapter_with(
-            "tiny",
-            gated,
-            AdapterOptions::default().capacity(1).max_demand(1),
+        .adapter(emissions_core::Named::new("test", test))
+        .unwrap()
+        .adapter(
+            emissions_core::Named::new("tiny", gated)
+                .options(AdapterOptions::default().capacity(1).max_demand(1)),
         )
+        .unwrap()
         .start()
         .await
         .unwrap();
@@ -593,7 +603,8 @@ async fn a_panicking_adapter_key_function_fails_only_that_event() {
         Some(id.to_string())
     }));
     let emissions = Emissions::builder()
-        .adapter_with("keyed", adapter, options)
+        .adapter(emissions_core::Named::new("keyed", adapter).options(options))
+        .unwrap()
         .start()
         .await
         .unwrap();
@@ -618,13 +629,14 @@ async fn a_panicking_dead_letter_hook_stops_nothing() {
         }
     });
     let emissions = Emissions::builder()
-        .adapter_with(
-            "a",
-            adapter,
-            AdapterOptions::default()
-                .max_demand(1)
-                .dead_letter(|_| panic!("hook exploded")),
+        .adapter(
+            emissions_core::Named::new("a", adapter).options(
+                AdapterOptions::default()
+                    .max_demand(1)
+                    .dead_letter(|_| panic!("hook exploded")),
+            ),
         )
+        .unwrap()
         .start()
         .await
         .unwrap();
@@ -667,7 +679,8 @@ async fn retry_after_duration_max_with_max_elapsed_gives_up_and_the_consumer_liv
             .retry(RetryPolicy::default().max_elapsed(Duration::from_secs(3600))),
     );
     let emissions = Emissions::builder()
-        .adapter_with("a", adapter, options)
+        .adapter(emissions_core::Named::new("a", adapter).options(options))
+        .unwrap()
         .start()
         .await
         .unwrap();
@@ -767,7 +780,8 @@ async fn a_handler_cannot_commit_the_follow_ups_of_its_own_failing_run() {
     let test = TestAdapter::new();
     let recorder = test.recorder();
     let emissions = Emissions::builder()
-        .adapter("test", test)
+        .adapter(emissions_core::Named::new("test", test))
+        .unwrap()
         .handler_with(
             "commits_itself",
             CommitsItself,
@@ -817,17 +831,22 @@ async fn an_adapter_committing_into_its_own_full_blocking_queue_is_refused_not_d
     let handle = Arc::new(OnceLock::new());
     let refusals = Arc::new(Mutex::new(Vec::new()));
     let emissions = Emissions::builder()
-        .adapter_with(
-            "echo",
-            Echo {
-                emissions: handle.clone(),
-                refusals: refusals.clone(),
-            },
-            AdapterOptions::default()
-                .capacity(2)
-                .max_demand(1)
-                .overflow(OverflowPolicy::Block),
+        .adapter(
+            emissions_core::Named::new(
+                "echo",
+                Echo {
+                    emissions: handle.clone(),
+                    refusals: refusals.clone(),
+                },
+            )
+            .options(
+                AdapterOptions::default()
+                    .capacity(2)
+                    .max_demand(1)
+                    .overflow(OverflowPolicy::Block),
+            ),
         )
+        .unwrap()
         .start()
         .await
         .unwrap();
@@ -868,7 +887,8 @@ async fn overflow_and_shutdown_drops_reach_the_dead_letter_hook() {
             .overflow(OverflowPolicy::DropNewest),
     );
     let emissions = Emissions::builder()
-        .adapter_with("gated", gated, options)
+        .adapter(emissions_core::Named::new("gated", gated).options(options))
+        .unwrap()
         .start()
         .await
         .unwrap();
@@ -908,7 +928,11 @@ async fn events_behind_a_run_of_filtered_ones_are_delivered_without_another_comm
     let adapter = Scripted::ok().interested(|e| e.name() != "skip");
     let calls = adapter.calls();
     let emissions = Emissions::builder()
-        .adapter_with("a", adapter, AdapterOptions::default().max_demand(2))
+        .adapter(
+            emissions_core::Named::new("a", adapter)
+                .options(AdapterOptions::default().max_demand(2)),
+        )
+        .unwrap()
         .start()
         .await
         .unwrap();
@@ -935,7 +959,11 @@ async fn events_behind_a_panicking_interested_are_delivered_without_another_comm
         true
     });
     let emissions = Emissions::builder()
-        .adapter_with("a", adapter, AdapterOptions::default().max_demand(1))
+        .adapter(
+            emissions_core::Named::new("a", adapter)
+                .options(AdapterOptions::default().max_demand(1)),
+        )
+        .unwrap()
         .start()
         .await
         .unwrap();
@@ -969,11 +997,11 @@ async fn a_graceful_shutdown_drains_behind_filtered_events_and_flushes() {
         }
     }
     let emissions = Emissions::builder()
-        .adapter_with(
-            "picky",
-            Picky(flushed.clone()),
-            AdapterOptions::default().max_demand(2),
+        .adapter(
+            emissions_core::Named::new("picky", Picky(flushed.clone()))
+                .options(AdapterOptions::default().max_demand(2)),
         )
+        .unwrap()
         .start()
         .await
         .unwrap();
@@ -1016,7 +1044,8 @@ async fn a_held_keyed_event_does_not_hold_other_keys_until_the_retry() {
             )
         });
     let emissions = Emissions::builder()
-        .adapter_with("keyed", adapter, options)
+        .adapter(emissions_core::Named::new("keyed", adapter).options(options))
+        .unwrap()
         .start()
         .await
         .unwrap();
@@ -1104,7 +1133,8 @@ async fn huge_backoffs_give_up_instead_of_panicking() {
         let adapter = failing_when(|id, attempt| id == 1 && attempt == 1);
         let (options, dead) = dead_letters(AdapterOptions::default().retry(policy));
         let emissions = Emissions::builder()
-            .adapter_with("a", adapter, options)
+            .adapter(emissions_core::Named::new("a", adapter).options(options))
+            .unwrap()
             .start()
             .await
             .unwrap();
@@ -1153,7 +1183,8 @@ async fn drop_oldest_keeps_the_backlog_within_its_bound() {
             .retry(RetryPolicy::schedule([Duration::from_secs(60)])),
     );
     let emissions = Emissions::builder()
-        .adapter_with("a", adapter, options)
+        .adapter(emissions_core::Named::new("a", adapter).options(options))
+        .unwrap()
         .start()
         .await
         .unwrap();

@@ -234,45 +234,54 @@ async fn world() -> World {
         .max_attempts(ATTEMPTS)
         .backoff(Duration::from_secs(1), Duration::from_secs(2));
     let emissions = Emissions::builder()
-        .adapter_with(
-            "flaky",
-            Failing {
-                seen: flaky.clone(),
-                keyed: false,
-            },
-            collecting(
+        .adapter(
+            emissions_core::Named::new(
+                "flaky",
+                Failing {
+                    seen: flaky.clone(),
+                    keyed: false,
+                },
+            )
+            .options(collecting(
                 AdapterOptions::default().max_demand(4).retry(retry.clone()),
                 &dead,
-            ),
+            )),
         )
-        .adapter_with(
-            "keyed",
-            Failing {
-                seen: keyed.clone(),
-                keyed: true,
-            },
-            collecting(
+        .unwrap()
+        .adapter(
+            emissions_core::Named::new(
+                "keyed",
+                Failing {
+                    seen: keyed.clone(),
+                    keyed: true,
+                },
+            )
+            .options(collecting(
                 AdapterOptions::default()
                     .max_demand(4)
                     .retry(retry)
                     .ordered_by(|e| Some((e.payload_as::<u64>().unwrap() % KEYS).to_string())),
                 &dead,
-            ),
+            )),
         )
-        .adapter_with(
-            "gated",
-            Gated {
-                permits: gate.clone(),
-                delivered: gated.clone(),
-            },
-            collecting(
+        .unwrap()
+        .adapter(
+            emissions_core::Named::new(
+                "gated",
+                Gated {
+                    permits: gate.clone(),
+                    delivered: gated.clone(),
+                },
+            )
+            .options(collecting(
                 AdapterOptions::default()
                     .capacity(12)
                     .max_demand(3)
                     .overflow(OverflowPolicy::Block),
                 &dead,
-            ),
+            )),
         )
+        .unwrap()
         .start()
         .await
         .unwrap();

@@ -10,7 +10,8 @@ async fn global_default_is_used_outside_scopes_and_set_once() {
     let adapter = TestAdapter::new();
     let recorder = adapter.recorder();
     let emissions = Emissions::builder()
-        .adapter("test", adapter)
+        .adapter(emissions_core::Named::new("test", adapter))
+        .unwrap()
         .start()
         .await
         .unwrap();

@@ -553,7 +553,8 @@ async fn shutdown_cancels_runs_still_going_at_the_deadline() {
             stuck,
             HandlerOptions::default().timeout(Duration::from_secs(172_800)),
         )
-        .adapter("other", Scripted::ok())
+        .adapter(emissions_core::Named::new("other", Scripted::ok()))
+        .unwrap()
         .start()
         .await
         .unwrap();
@@ -596,7 +597,8 @@ async fn handler_configuration_is_validated_at_start() {
 
     let err = Emissions::builder()
         .handler("kafka", handler(&["a"], |_, _| Ok(Handled::Done)))
-        .adapter("kafka", Scripted::ok())
+        .adapter(emissions_core::Named::new("kafka", Scripted::ok()))
+        .unwrap()
         .start()
         .await
         .unwrap_err();
@@ -604,7 +606,8 @@ async fn handler_configuration_is_validated_at_start() {
 
     let err = Emissions::builder()
         .handler("h", handler(&["a"], |_, _| Ok(Handled::Done)))
-        .adapter("handlers", Scripted::ok())
+        .adapter(emissions_core::Named::new("handlers", Scripted::ok()))
+        .unwrap()
         .start()
         .await
         .unwrap_err();

@@ -45,8 +45,12 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let (ra, rb) = (a.recorder(), b.recorder());
     let block = AdapterOptions::default().overflow(OverflowPolicy::Block);
     let emissions = Emissions::builder()
-        .adapter_with("a", a, block.clone().max_demand(1).capacity(8))
-        .adapter_with("b", b, block.max_demand(50))
+        .adapter(
+            emissions_core::Named::new("a", a).options(block.clone().max_demand(1).capacity(8)),
+        )
+        .unwrap()
+        .adapter(emissions_core::Named::new("b", b).options(block.max_demand(50)))
+        .unwrap()
         .start()
         .await
         .unwrap();

@@ -19,7 +19,9 @@ async fn concurrent_commits_are_contiguous_and_identically_ordered_everywhere() 
             .max_demand(1 + i * 7)
             .capacity(64)
             .overflow(OverflowPolicy::Block);
-        builder = builder.adapter_with(format!("a{i}"), adapter, options);
+        builder = builder
+            .adapter(emissions_core::Named::new(format!("a{i}"), adapter).options(options))
+            .unwrap();
     }
     let emissions = builder.start().await.unwrap();
 

@@ -100,7 +100,8 @@ async fn every_telemetry_event_has_an_instrument() {
         }
     });
     let emissions = Emissions::builder()
-        .adapter("kafka", adapter)
+        .adapter(emissions_core::Named::new("kafka", adapter))
+        .unwrap()
         .handler("ok", Fixed(&["order_created"], || Ok(Handled::Done)))
         .handler_with(
             "err",

@@ -51,7 +51,11 @@ async fn transient_failures_are_retried_with_growing_jittered_backoff() {
     let calls = adapter.calls();
     let policy = RetryPolicy::default().backoff(Duration::from_secs(1), Duration::from_secs(60));
     let emissions = Emissions::builder()
-        .adapter_with("flaky", adapter, AdapterOptions::default().retry(policy))
+        .adapter(
+            emissions_core::Named::new("flaky", adapter)
+                .options(AdapterOptions::default().retry(policy)),
+        )
+        .unwrap()
         .start()
         .await
         .unwrap();
@@ -81,7 +85,8 @@ async fn hour_long_schedules_run_on_the_paused_clock_then_dead_letter() {
         .backoff(Duration::from_secs(600), Duration::from_secs(3600));
     let (options, dead) = collect_dead_letters(AdapterOptions::default().retry(policy));
     let emissions = Emissions::builder()
-        .adapter_with("slow", adapter, options)
+        .adapter(emissions_core::Named::new("slow", adapter).options(options))
+        .unwrap()
         .start()
         .await
         .unwrap();
@@ -113,7 +118,8 @@ async fn max_elapsed_stops_retrying_early() {
         .max_elapsed(Duration::from_secs(35));
     let (options, dead) = collect_dead_letters(AdapterOptions::default().retry(policy));
     let emissions = Emissions::builder()
-        .adapter_with("a", adapter, options)
+        .adapter(emissions_core::Named::new("a", adapter).options(options))
+        .unwrap()
         .start()
         .await
         .unwrap();
@@ -138,7 +144,8 @@ async fn partial_failures_retry_only_the_failed_events_in_order() {
     let calls = adapter.calls();
     let (options, dead) = collect_dead_letters(AdapterOptions::default());
     let emissions = Emissions::builder()
-        .adapter_with("kafka", adapter, options)
+        .adapter(emissions_core::Named::new("kafka", adapter).options(options))
+        .unwrap()
         .start()
         .await
         .unwrap();
@@ -175,7 +182,8 @@ async fn permanent_batch_failure_dead_letters_at_once() {
     let calls = adapter.calls();
     let (options, dead) = collect_dead_letters(AdapterOptions::default());
     let emissions = Emissions::builder()
-        .adapter_with("k", adapter, options)
+        .adapter(emissions_core::Named::new("k", adapter).options(options))
+        .unwrap()
         .start()
         .await
         .unwrap();
@@ -212,7 +220,8 @@ async fn a_panicking_adapter_is_caught_retried_and_the_pipeline_survives() {
             .overflow(OverflowPolicy::Block),
     );
     let emissions = Emissions::builder()
-        .adapter_with("p", adapter, options)
+        .adapter(emissions_core::Named::new("p", adapter).options(options))
+        .unwrap()
         .start()
         .await
         .unwrap();
@@ -240,7 +249,8 @@ async fn a_panic_in_interested_fails_only_that_event() {
     });
     let (options, dead) = collect_dead_letters(AdapterOptions::default());
     let emissions = Emissions::builder()
-        .adapter_with("f", adapter, options)
+        .adapter(emissions_core::Named::new("f", adapter).options(options))
+        .unwrap()
         .start()
         .await
         .unwrap();
@@ -264,7 +274,8 @@ async fn a_retry_after_hint_longer_than_the_policy_delay_wins() {
     });
     let calls = adapter.calls();
     let emissions = Emissions::builder()
-        .adapter("limited", adapter)
+        .adapter(emissions_core::Named::new("limited", adapter))
+        .unwrap()
         .start()
         .await
         .unwrap();
@@ -290,11 +301,11 @@ async fn an_explicit_schedule_sets_each_delay() {
     let calls = adapter.calls();
     let schedule = [5, 300, 1800].map(Duration::from_secs);
     let emissions = Emissions::builder()
-        .adapter_with(
-            "scheduled",
-            adapter,
-            AdapterOptions::default().retry(RetryPolicy::schedule(schedule)),
+        .adapter(
+            emissions_core::Named::new("scheduled", adapter)
+                .options(AdapterOptions::default().retry(RetryPolicy::schedule(schedule))),
         )
+        .unwrap()
         .start()
         .await
         .unwrap();

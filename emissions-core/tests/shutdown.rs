@@ -40,19 +40,24 @@ async fn shutdown_drains_queues_flushes_adapters_and_balances() {
     let recorder_adapter = TestAdapter::new();
     let recorder = recorder_adapter.recorder();
     let emissions = Emissions::builder()
-        .adapter_with(
-            "flushing",
-            Flushing {
-                received: 0,
-                flushed_after: flushed_after.clone(),
-            },
-            AdapterOptions::default().max_demand(7),
-        )
-        .adapter("recorder", recorder_adapter)
         .adapter(
+            emissions_core::Named::new(
+                "flushing",
+                Flushing {
+                    received: 0,
+                    flushed_after: flushed_after.clone(),
+                },
+            )
+            .options(AdapterOptions::default().max_demand(7)),
+        )
+        .unwrap()
+        .adapter(emissions_core::Named::new("recorder", recorder_adapter))
+        .unwrap()
+        .adapter(emissions_core::Named::new(
             "odd_only",
             Scripted::ok().interested(|e| e.payload_as::<u32>().unwrap() % 2 == 1),
-        )
+        ))
+        .unwrap()
         .start()
         .await
         .unwrap();
@@ -83,8 +88,13 @@ async fn shutdown_drains_queues_flushes_adapters_and_balances() {
 async fn the_deadline_cuts_a_stalled_adapter_short_and_counts_what_is_left() {
     let (stalled, _gate) = gated();
     let emissions = Emissions::builder()
-        .adapter_with("stalled", stalled, AdapterOptions::default().max_demand(10))
-        .adapter("healthy", TestAdapter::new())
+        .adapter(
+            emissions_core::Named::new("stalled", stalled)
+                .options(AdapterOptions::default().max_demand(10)),
+        )
+        .unwrap()
+        .adapter(emissions_core::Named::new("healthy", TestAdapter::new()))
+        .unwrap()
         .start()
         .await
         .unwrap();
@@ -131,7 +141,11 @@ async fn events_waiting_for_a_retry_at_the_deadline_are_dropped_not_lost() {
         .max_attempts(10)
         .backoff(Duration::from_secs(60), Duration::from_secs(60));
     let emissions = Emissions::builder()
-        .adapter_with("retrying", adapter, AdapterOptions::default().retry(policy))
+        .adapter(
+            emissions_core::Named::new("retrying", adapter)
+                .options(AdapterOptions::default().retry(policy)),
+        )
+        .unwrap()
         .start()
         .await
         .unwrap();
@@ -166,10 +180,11 @@ async fn a_committer_blocked_on_a_full_queue_is_released_by_shutdown() {
 #[tokio::test]
 async fn adapter_shutdown_errors_are_reported() {
     let emissions = Emissions::builder()
-        .adapter(
+        .adapter(emissions_core::Named::new(
             "broken",
             Scripted::ok().failing_shutdown("flush failed: broker gone"),
-        )
+        ))
+        .unwrap()
         .start()
         .await
         .unwrap();
@@ -211,8 +226,10 @@ async fn dropping_every_handle_still_flushes_adapters() {
         }
     }
     let emissions = Emissions::builder()
-        .adapter("flag", Flag(flushed.clone()))
-        .adapter("done", Done(Some(tx)))
+        .adapter(emissions_core::Named::new("flag", Flag(flushed.clone())))
+        .unwrap()
+        .adapter(emissions_core::Named::new("done", Done(Some(tx))))
+        .unwrap()
         .start()
         .await
         .unwrap();

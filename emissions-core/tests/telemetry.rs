@@ -48,11 +48,11 @@ async fn adapter_success_and_error_carry_duration_adapter_reason_and_count() {
         }
     });
     let emissions = Emissions::builder()
-        .adapter_with(
-            "webhook",
-            adapter,
-            AdapterOptions::default().retry(RetryPolicy::none()),
+        .adapter(
+            emissions_core::Named::new("webhook", adapter)
+                .options(AdapterOptions::default().retry(RetryPolicy::none())),
         )
+        .unwrap()
         .start()
         .await
         .unwrap();

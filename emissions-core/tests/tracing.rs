@@ -55,7 +55,8 @@ fn telemetry_is_emitted_as_tracing_events_under_target_emissions() {
             .unwrap();
         rt.block_on(async {
             let emissions = Emissions::builder()
-                .adapter("k", Scripted::ok())
+                .adapter(emissions_core::Named::new("k", Scripted::ok()))
+                .unwrap()
                 .start()
                 .await
                 .unwrap();

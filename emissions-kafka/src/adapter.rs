@@ -1,22 +1,16 @@
-//! [`KafkaAdapter`]: enqueue a batch on the producer, await every delivery report, and report
-//! exactly which events failed and why.
+//! [`KafkaAdapter`]: wires the record builder and the producer into the core's adapter
+//! contract — enqueue a batch, await every delivery report, report exactly which events failed
+//! and why.
 
 use std::fmt;
-use std::time::Duration;
 
 use emissions_core::{Adapter, AdapterOptions, BatchError, BoxError, Event, Failure, async_trait};
-use rdkafka::ClientConfig;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tokio::time::Instant;
 
 use crate::Error;
-use crate::endpoint::{Destination, KafkaEndpoint, KeyStrategy};
-use crate::request_builder::{Record, Wire, record};
-
-/// How long to wait before enqueueing again when librdkafka's local queue is full.
-const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
+use crate::config::{Destination, KafkaEndpoint, KeyStrategy};
+use crate::request_builder::{Wire, record};
+use crate::service::{Producer, failure};
 
 type DeliveryFn = std::sync::Arc<dyn Fn(&Event, i32, i64) + Send + Sync>;
 
@@ -27,8 +21,7 @@ pub struct KafkaAdapter {
     destination: Destination,
     key: KeyStrategy,
     wire: Wire,
-    config: ClientConfig,
-    producer: FutureProducer,
+    producer: Producer,
     options: AdapterOptions,
     on_delivery: Option<DeliveryFn>,
 }
@@ -43,25 +36,11 @@ impl fmt::Debug for KafkaAdapter {
     }
 }
 
-/// Failure for a delivery error. librdkafka already retried what is retriable within
-/// `message.timeout.ms`, so every error here is final for the core (no double retries).
-fn failure(err: KafkaError) -> Failure {
-    match err.rdkafka_error_code() {
-        Some(RDKafkaErrorCode::MessageTimedOut) => Failure::permanent(Error::TimedOut),
-        _ => Failure::permanent(Error::Delivery(err)),
-    }
-}
-
 impl KafkaAdapter {
-    pub(crate) fn create_producer(config: &ClientConfig) -> Result<FutureProducer, KafkaError> {
-        config.create()
-    }
-
     pub(crate) fn new(
         endpoint: KafkaEndpoint,
         destination: Destination,
-        config: ClientConfig,
-        producer: FutureProducer,
+        producer: Producer,
     ) -> Self {
         KafkaAdapter {
             options: endpoint.queue_options(),
@@ -72,7 +51,6 @@ impl KafkaAdapter {
                 Some(ce) => Wire::CloudEvents(ce),
                 None => Wire::Plain(endpoint.value),
             },
-            config,
             producer,
             on_delivery: endpoint.on_delivery,
         }
@@ -80,61 +58,16 @@ impl KafkaAdapter {
 
     /// The endpoint's name (its adapter name).
     ///
-    /// See [`KafkaBuilderExt`](crate::KafkaBuilderExt).
+    /// See [`KafkaEndpoint`](crate::KafkaEndpoint).
     pub fn name(&self) -> &str {
         &self.name
     }
 
     /// The core options to register this adapter with.
     ///
-    /// See [`KafkaBuilderExt`](crate::KafkaBuilderExt).
+    /// See [`KafkaEndpoint`](crate::KafkaEndpoint).
     pub fn adapter_options(&self) -> AdapterOptions {
         self.options.clone()
-    }
-
-    /// Enqueues one record, waiting while the local queue is full (backpressure, not loss).
-    async fn enqueue(
-        &self,
-        record: &Record,
-    ) -> Result<rdkafka::producer::DeliveryFuture, KafkaError> {
-        loop {
-            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-            for (key, value) in &record.headers {
-                headers = headers.insert(Header {
-                    key: key.as_ref(),
-                    value: Some(value.as_str()),
-                });
-            }
-            let mut kafka_record = FutureRecord::<[u8], [u8]>::to(&record.topic)
-                .payload(&record.value)
-                .timestamp(record.timestamp_ms)
-                .headers(headers);
-            if let Some(key) = &record.key {
-                kafka_record = kafka_record.key(key.as_slice());
-            }
-            match self.producer.send_result(kafka_record) {
-                Ok(delivery) => return Ok(delivery),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
-                }
-                Err((err, _)) => return Err(err),
-            }
-        }
-    }
-
-    /// A fatal producer error (e.g. an idempotence violation) makes the producer unusable:
-    /// replace it and report.
-    fn recover_from_fatal_error(&mut self) {
-        let Some((code, reason)) = self.producer.client().fatal_error() else {
-            return;
-        };
-        tracing::error!(target: "emissions::kafka", adapter = %self.name, ?code, %reason, "fatal producer error; recreating the producer");
-        match self.config.create() {
-            Ok(producer) => self.producer = producer,
-            Err(err) => {
-                tracing::error!(target: "emissions::kafka", adapter = %self.name, error = %err, "could not recreate the producer")
-            }
-        }
     }
 }
 
@@ -158,7 +91,7 @@ impl Adapter for KafkaAdapter {
                     continue;
                 }
             };
-            match self.enqueue(&record).await {
+            match self.producer.send(&record).await {
                 Ok(delivery) => pending.push((index, delivery)),
                 Err(err) => failures.push((index, failure(err))),
             }
@@ -174,7 +107,7 @@ impl Adapter for KafkaAdapter {
                 Err(_) => failures.push((index, Failure::permanent(Error::Cancelled))),
             }
         }
-        self.recover_from_fatal_error();
+        self.producer.recover_from_fatal_error(&self.name);
         if failures.is_empty() {
             Ok(())
         } else {
@@ -184,20 +117,6 @@ impl Adapter for KafkaAdapter {
     }
 
     async fn shutdown(&mut self, deadline: Instant) -> Result<(), BoxError> {
-        let producer = self.producer.clone();
-        let budget = deadline.saturating_duration_since(Instant::now());
-        // `flush` blocks its thread; keep it off the runtime's workers.
-        let flushed = tokio::task::spawn_blocking(move || {
-            let result = producer.flush(budget);
-            (result, producer.in_flight_count())
-        })
-        .await?;
-        match flushed {
-            (Ok(()), _) => Ok(()),
-            (Err(err), in_flight) => Err(format!(
-                "flush failed with {in_flight} message(s) still in flight: {err}"
-            )
-            .into()),
-        }
+        self.producer.flush(deadline).await
     }
 }

@@ -41,12 +41,13 @@
 #![doc(test(attr(deny(warnings))))]
 
 mod adapter;
-mod endpoint;
+mod config;
 mod error;
 mod request_builder;
+mod service;
 
 pub use adapter::KafkaAdapter;
-pub use endpoint::{DEFAULT_PROPERTIES, KafkaBuilderExt, KafkaEndpoint, KeyStrategy, ValueFormat};
+pub use config::{DEFAULT_PROPERTIES, KafkaEndpoint, KeyStrategy, ValueFormat};
 pub use error::Error;
 pub use request_builder::headers;
 

@@ -7,7 +7,7 @@ use emissions_core::Event;
 use emissions_core::envelope::{CloudEvents, ContentMode, rfc3339, trace_context};
 
 use crate::Error;
-use crate::endpoint::{Destination, KeyStrategy, ValueFormat};
+use crate::config::{Destination, KeyStrategy, ValueFormat};
 
 /// Header names set on every record (except in CloudEvents modes, whose headers the Kafka
 /// protocol binding names: `ce_*` and `content-type`).

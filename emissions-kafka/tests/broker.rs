@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use emissions_core::{Emissions, Metadata};
-use emissions_kafka::{KafkaBuilderExt, KafkaEndpoint};
+use emissions_kafka::KafkaEndpoint;
 use rdkafka::Message;
 use rdkafka::message::Headers;
 use serde_json::json;
@@ -26,7 +26,7 @@ async fn ten_thousand_events_over_a_hundred_keys_arrive_once_each_in_key_order()
     support::create_topic(&brokers, &topic, PARTITIONS).await;
 
     let emissions = Emissions::builder()
-        .kafka(
+        .adapter(
             KafkaEndpoint::new("kafka", brokers.as_str())
                 .topic(topic.as_str())
                 .key_from_metadata("order_id"),

@@ -9,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use emissions_core::{CloudEvents, Emissions, Event, Metadata};
-use emissions_kafka::{KafkaBuilderExt, KafkaEndpoint};
+use emissions_kafka::KafkaEndpoint;
 use emissions_testing::TestAdapter;
 use rdkafka::Message;
 use rdkafka::message::{Headers, OwnedMessage};
@@ -29,8 +29,9 @@ async fn produce(
     let recording = TestAdapter::new();
     let sent = recording.recorder();
     let emissions = Emissions::builder()
-        .adapter("record", recording)
-        .kafka(
+        .adapter(emissions_core::Named::new("record", recording))
+        .unwrap()
+        .adapter(
             KafkaEndpoint::new("kafka", brokers)
                 .topic(topic.as_str())
                 .key_from_metadata("order_id")

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use emissions_core::telemetry::names;
 use emissions_core::{Emissions, Metadata};
-use emissions_kafka::{KafkaBuilderExt, KafkaEndpoint};
+use emissions_kafka::KafkaEndpoint;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
 use rdkafka::mocking::MockCluster;
@@ -46,7 +46,7 @@ fn endpoint(
 
 async fn start(endpoint: KafkaEndpoint) -> Emissions {
     Emissions::builder()
-        .kafka(endpoint)
+        .adapter(endpoint)
         .unwrap()
         .start()
         .await

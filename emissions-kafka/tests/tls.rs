@@ -7,9 +7,9 @@
 use std::time::Duration;
 
 use emissions_core::Emissions;
+use emissions_kafka::KafkaEndpoint;
 use emissions_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
 use emissions_kafka::rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use emissions_kafka::{KafkaBuilderExt, KafkaEndpoint};
 use serde_json::json;
 
 fn tls_broker() -> Option<(String, String)> {
@@ -43,7 +43,7 @@ async fn events_reach_a_broker_over_tls_and_read_back_over_tls() {
     };
     let topic = format!("emissions-tls-{}", fastrand::u64(..));
     let emissions = Emissions::builder()
-        .kafka(tls(
+        .adapter(tls(
             KafkaEndpoint::new("kafka", brokers.as_str()).topic(topic.as_str()),
             &ca,
         ))
@@ -122,7 +122,7 @@ async fn a_client_that_does_not_trust_the_certificate_delivers_nothing_and_says_
         })
     };
     let emissions = Emissions::builder()
-        .kafka(endpoint.dead_letter(hook))
+        .adapter(endpoint.dead_letter(hook))
         .unwrap()
         .start()
         .await

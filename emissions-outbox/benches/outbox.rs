@@ -87,8 +87,10 @@ fn keyed() -> AdapterOptions {
 /// An instance with two destinations, `webhook` (keyed by customer) and `kafka`.
 async fn two_destinations(outbox: &Outbox) -> Emissions {
     Emissions::builder()
-        .adapter_with("webhook", Noop::default(), keyed())
-        .adapter("kafka", Noop::default())
+        .adapter(emissions_core::Named::new("webhook", Noop::default()).options(keyed()))
+        .unwrap()
+        .adapter(emissions_core::Named::new("kafka", Noop::default()))
+        .unwrap()
         .extension(outbox.clone())
         .start()
         .await
@@ -345,7 +347,8 @@ async fn relay_drain(
     };
     let started = Instant::now();
     let emissions = Emissions::builder()
-        .adapter_with("sink", noop.clone(), options)
+        .adapter(emissions_core::Named::new("sink", noop.clone()).options(options))
+        .unwrap()
         .extension(outbox.clone())
         .start()
         .await
@@ -442,7 +445,8 @@ async fn end_to_end(
 ) -> f64 {
     let noop = Noop::default();
     let emissions = Emissions::builder()
-        .adapter("sink", noop.clone())
+        .adapter(emissions_core::Named::new("sink", noop.clone()))
+        .unwrap()
         .extension(outbox.clone())
         .start()
         .await
@@ -494,7 +498,8 @@ macro_rules! bloat_rounds {
     ($outbox:expr, $count:expr, $size:expr, $rounds:expr, $events:expr) => {{
         let noop = Noop::default();
         let emissions = Emissions::builder()
-            .adapter("sink", noop.clone())
+            .adapter(emissions_core::Named::new("sink", noop.clone()))
+            .unwrap()
             .extension($outbox.clone())
             .start()
             .await

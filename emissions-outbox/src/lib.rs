@@ -62,7 +62,7 @@
 //! let pool = sqlx::SqlitePool::connect("sqlite://data/app.db?mode=rwc").await?;
 //! let outbox = OutboxConfig::sqlite_pool(pool.clone()).build().await?;
 //! let emissions = Emissions::builder()
-//!     // .webhook(...)? / .kafka(...)? / .adapter(...)
+//!     // .adapter(...)? / .adapter(...)? / .adapter(...)
 //!     .extension(outbox.clone())
 //!     .start()
 //!     .await?;

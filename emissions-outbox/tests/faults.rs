@@ -186,7 +186,9 @@ async fn commits_over_the_databases_parameter_limits_are_written_in_parts() {
         .map(|i| {
             let test = TestAdapter::new();
             let recorder = test.recorder();
-            builder = std::mem::take(&mut builder).adapter(format!("d{i}"), test);
+            builder = std::mem::take(&mut builder)
+                .adapter(emissions_core::Named::new(format!("d{i}"), test))
+                .unwrap();
             recorder
         })
         .collect();
@@ -221,7 +223,11 @@ async fn a_delivery_slower_than_its_lease_is_not_attempted_twice_nor_does_it_lea
         .unwrap();
     let slow = Slow::new(Duration::from_millis(1600));
     let emissions = start(
-        Emissions::builder().adapter_with("slow", slow.clone(), AdapterOptions::default()),
+        Emissions::builder()
+            .adapter(
+                emissions_core::Named::new("slow", slow.clone()).options(AdapterOptions::default()),
+            )
+            .unwrap(),
         &outbox,
     )
     .await;
@@ -265,12 +271,13 @@ async fn a_slow_destination_does_not_hold_back_another() {
     let fast_recorder = fast.recorder();
     let emissions = start(
         Emissions::builder()
-            .adapter_with(
-                "slow",
-                slow.clone(),
-                AdapterOptions::default().capacity(10).max_demand(1),
+            .adapter(
+                emissions_core::Named::new("slow", slow.clone())
+                    .options(AdapterOptions::default().capacity(10).max_demand(1)),
             )
-            .adapter("fast", fast),
+            .unwrap()
+            .adapter(emissions_core::Named::new("fast", fast))
+            .unwrap(),
         &outbox,
     )
     .await;
@@ -298,7 +305,13 @@ async fn an_attempt_cut_off_by_shutdown_is_counted_as_a_possible_duplicate_when_
     };
     let first = config().build().await.unwrap();
     let slow = Slow::new(Duration::from_secs(10));
-    let emissions = start(Emissions::builder().adapter("hook", slow.clone()), &first).await;
+    let emissions = start(
+        Emissions::builder()
+            .adapter(emissions_core::Named::new("hook", slow.clone()))
+            .unwrap(),
+        &first,
+    )
+    .await;
     let buffer = emissions.start();
     buffer.emit("e", &json!({"n": 1})).unwrap();
     buffer.commit_durably().await.unwrap();
@@ -315,7 +328,13 @@ async fn an_attempt_cut_off_by_shutdown_is_counted_as_a_possible_duplicate_when_
     let second = config().build().await.unwrap();
     let again = TestAdapter::new();
     let recorder = again.recorder();
-    let emissions = start(Emissions::builder().adapter("hook", again), &second).await;
+    let emissions = start(
+        Emissions::builder()
+            .adapter(emissions_core::Named::new("hook", again))
+            .unwrap(),
+        &second,
+    )
+    .await;
     drained(&second).await;
     emissions.settled().await;
     assert_eq!(recorder.events().len(), 1);
@@ -331,8 +350,13 @@ async fn deliveries_for_a_removed_destination_wait_without_blocking_drained() {
     let first = db.outbox().await;
     let emissions = start(
         Emissions::builder()
-            .adapter("a", TestAdapter::new())
-            .adapter("b", Slow::new(Duration::from_secs(30))),
+            .adapter(emissions_core::Named::new("a", TestAdapter::new()))
+            .unwrap()
+            .adapter(emissions_core::Named::new(
+                "b",
+                Slow::new(Duration::from_secs(30)),
+            ))
+            .unwrap(),
         &first,
     )
     .await;
@@ -344,7 +368,9 @@ async fn deliveries_for_a_removed_destination_wait_without_blocking_drained() {
     // Restarted without "b": its delivery stays, visible, and `drained` does not wait for it.
     let second = db.outbox().await;
     let emissions = start(
-        Emissions::builder().adapter("a", TestAdapter::new()),
+        Emissions::builder()
+            .adapter(emissions_core::Named::new("a", TestAdapter::new()))
+            .unwrap(),
         &second,
     )
     .await;
@@ -361,13 +387,17 @@ async fn an_outbox_attached_to_a_second_instance_refuses_to_commit() {
     let db = Db::new().await;
     let outbox = db.outbox().await;
     let first = start(
-        Emissions::builder().adapter("a", TestAdapter::new()),
+        Emissions::builder()
+            .adapter(emissions_core::Named::new("a", TestAdapter::new()))
+            .unwrap(),
         &outbox,
     )
     .await;
     first.shutdown(Duration::from_secs(1)).await;
     let second = start(
-        Emissions::builder().adapter("b", TestAdapter::new()),
+        Emissions::builder()
+            .adapter(emissions_core::Named::new("b", TestAdapter::new()))
+            .unwrap(),
         &outbox,
     )
     .await;
@@ -388,7 +418,9 @@ async fn hostile_ordering_keys_are_stored_abandoned_with_the_reason() {
     let test = TestAdapter::new();
     let recorder = test.recorder();
     let emissions = start(
-        Emissions::builder().adapter_with("hook", test, keyed),
+        Emissions::builder()
+            .adapter(emissions_core::Named::new("hook", test).options(keyed))
+            .unwrap(),
         &outbox,
     )
     .await;
@@ -425,7 +457,9 @@ async fn the_testing_check_refuses_a_destination_the_outbox_does_not_know() {
     let db = Db::new().await;
     let outbox = db.outbox().await;
     let emissions = start(
-        Emissions::builder().adapter("billing", TestAdapter::new()),
+        Emissions::builder()
+            .adapter(emissions_core::Named::new("billing", TestAdapter::new()))
+            .unwrap(),
         &outbox,
     )
     .await;

@@ -76,8 +76,10 @@ async fn backlog_and_oldest_pending_age_are_exported_per_destination() {
         .backoff(Duration::from_secs(3600), Duration::from_secs(3600));
     let emissions = start(
         Emissions::builder()
-            .adapter_with("hook", hook, options(slow))
-            .adapter("test", TestAdapter::new()),
+            .adapter(emissions_core::Named::new("hook", hook).options(options(slow)))
+            .unwrap()
+            .adapter(emissions_core::Named::new("test", TestAdapter::new()))
+            .unwrap(),
         &outbox,
     )
     .await;

@@ -137,7 +137,8 @@ async fn instance(
                 .map(str::to_owned)
         });
     let emissions = Emissions::builder()
-        .adapter_with("hook", adapter, keyed)
+        .adapter(emissions_core::Named::new("hook", adapter).options(keyed))
+        .unwrap()
         .extension(outbox.clone())
         .start()
         .await

@@ -108,7 +108,9 @@ async fn retries_are_rows_failed_and_abandoned_are_distinct_and_replay_requeues(
         _ => Answer::Ok,
     });
     let emissions = start(
-        Emissions::builder().adapter_with("hook", adapter, options(quick_retries(4))),
+        Emissions::builder()
+            .adapter(emissions_core::Named::new("hook", adapter).options(options(quick_retries(4))))
+            .unwrap(),
         &outbox,
     )
     .await;
@@ -206,7 +208,9 @@ async fn a_poison_key_holds_back_only_its_own_key_and_replay_delivers_it_once_fi
     let keyed = options(quick_retries(3))
         .ordered_by(|e| e.payload_json()["n"].as_u64().map(|n| (n / 10).to_string()));
     let emissions = start(
-        Emissions::builder().adapter_with("hook", adapter, keyed),
+        Emissions::builder()
+            .adapter(emissions_core::Named::new("hook", adapter).options(keyed))
+            .unwrap(),
         &outbox,
     )
     .await;
@@ -262,7 +266,13 @@ async fn what_one_instance_could_not_deliver_the_next_one_does() {
     // First instance: its destination never answers; shut down with a short deadline.
     let outbox = db.outbox().await;
     let (stalled, _gate) = stalled();
-    let emissions = start(Emissions::builder().adapter("hook", stalled), &outbox).await;
+    let emissions = start(
+        Emissions::builder()
+            .adapter(emissions_core::Named::new("hook", stalled))
+            .unwrap(),
+        &outbox,
+    )
+    .await;
     let buffer = emissions.start();
     for n in 1..=5u64 {
         buffer.emit("e", &json!({ "n": n })).unwrap();
@@ -291,7 +301,13 @@ async fn what_one_instance_could_not_deliver_the_next_one_does() {
     let outbox = db.outbox().await;
     let test = TestAdapter::new();
     let recorder = test.recorder();
-    let emissions = start(Emissions::builder().adapter("hook", test), &outbox).await;
+    let emissions = start(
+        Emissions::builder()
+            .adapter(emissions_core::Named::new("hook", test))
+            .unwrap(),
+        &outbox,
+    )
+    .await;
     drained(&outbox).await;
     emissions.settled().await;
     assert_eq!(recorder.events().len(), 5);

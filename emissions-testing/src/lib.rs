@@ -125,7 +125,7 @@ impl Recorder {
 /// # async fn main() -> Result<(), emissions_core::Error> {
 /// let adapter = TestAdapter::new();
 /// let recorder = adapter.recorder();
-/// let emissions = Emissions::builder().adapter("test", adapter).start().await?;
+/// let emissions = Emissions::builder().adapter(emissions_core::Named::new("test", adapter))?.start().await?;
 /// emissions.emit_now("ping", &1).await?.settled().await;
 /// assert_eq!(recorder.events()[0].name(), "ping");
 /// # Ok(()) }
@@ -223,7 +223,10 @@ impl TestEmissions {
         let adapter = TestAdapter::new();
         let recorder = adapter.recorder();
         let emissions = builder
-            .adapter_with(TEST_ADAPTER, adapter, test_adapter_options())
+            .adapter(
+                emissions_core::Named::new(TEST_ADAPTER, adapter).options(test_adapter_options()),
+            )
+            .unwrap()
             .start()
             .await?;
         Ok(TestEmissions {

@@ -12,7 +12,7 @@
 //! let path = std::env::temp_dir().join(format!("outbox-doc-{}.db", std::process::id()));
 //! let outbox = OutboxConfig::sqlite(&path).build().await?;
 //! let emissions = Emissions::builder()
-//!     .adapter("billing", TestAdapter::new())
+//!     .adapter(emissions_core::Named::new("billing", TestAdapter::new()))?
 //!     .extension(outbox.clone())
 //!     .start()
 //!     .await?;

@@ -10,10 +10,9 @@
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use emissions_core::{AdapterOptions, Emissions};
+use emissions_core::{AdapterOptions, CloudEvents, Emissions};
 use emissions_webhook::{
-    AddressPolicy, Secret, WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP, WebhookBuilderExt,
-    WebhookEndpoint, sign,
+    AddressPolicy, Secret, WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP, WebhookEndpoint, sign,
 };
 use futures_util::StreamExt;
 
@@ -76,8 +75,13 @@ async fn bare(url: &str, events: usize, concurrency: usize, signed: bool) -> f64
     sent as f64 / started.elapsed().as_secs_f64()
 }
 
-async fn adapter(url: &str, events: usize, concurrency: usize) -> f64 {
-    let endpoint = WebhookEndpoint::new("bench", url)
+async fn adapter(
+    url: &str,
+    events: usize,
+    concurrency: usize,
+    cloudevents: Option<CloudEvents>,
+) -> f64 {
+    let mut endpoint = WebhookEndpoint::new("bench", url)
         .secret(SECRET)
         .concurrency(concurrency)
         .address_policy(AddressPolicy::default().allow("127.0.0.0/8".parse().unwrap()))
@@ -86,8 +90,11 @@ async fn adapter(url: &str, events: usize, concurrency: usize) -> f64 {
                 .capacity(events.max(50))
                 .max_demand(400),
         );
+    if let Some(ce) = cloudevents {
+        endpoint = endpoint.cloudevents(ce);
+    }
     let emissions = Emissions::builder()
-        .webhook(endpoint)
+        .adapter(endpoint)
         .unwrap()
         .start()
         .await
@@ -128,7 +135,7 @@ fn main() {
         .build()
         .unwrap();
     let mut table = String::from(
-        "| concurrency | bare reqwest loop | bare loop, signed | webhook adapter (signed) | ratio to bare | ratio to bare signed (target ≥ 0.9) |\n|---:|---:|---:|---:|---:|---:|\n",
+        "| concurrency | bare reqwest loop | bare loop, signed | webhook adapter (signed) | ratio to bare | ratio to bare signed (target ≥ 0.95) | adapter, CloudEvents structured (signed) | its ratio to bare signed (target ≥ 0.95) |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     // Profiling aid: `BENCH_ONLY=bare|adapter [BENCH_CONCURRENCY=n]` runs one side alone
     // (signed; concurrency 8 unless given).
@@ -143,7 +150,7 @@ fn main() {
                 "bare" => tokio::spawn(async move { bare(&url, 40_000, concurrency, true).await })
                     .await
                     .unwrap(),
-                _ => adapter(&url, 40_000, concurrency).await,
+                _ => adapter(&url, 40_000, concurrency, None).await,
             };
             println!("{side}: {rate:.0} req/s");
         });
@@ -153,7 +160,7 @@ fn main() {
         let url = receiver().await;
         for concurrency in [1, 8] {
             // Five rounds, the three loops back to back in each; the median of each.
-            let mut rates: [Vec<f64>; 3] = Default::default();
+            let mut rates: [Vec<f64>; 4] = Default::default();
             for _ in 0..5 {
                 // The bare loops run on a runtime worker, as the adapter's consumer task does
                 // (from `block_on`, every request would cross threads to reach the connection
@@ -168,13 +175,16 @@ fn main() {
                         .unwrap(),
                     );
                 }
-                rates[2].push(adapter(&url, events, concurrency).await);
+                rates[2].push(adapter(&url, events, concurrency, None).await);
+                let structured = CloudEvents::structured("/bench");
+                rates[3].push(adapter(&url, events, concurrency, Some(structured)).await);
             }
-            let [unsigned, signed, ours] = rates.map(median);
+            let [unsigned, signed, ours, cloudevents] = rates.map(median);
             table.push_str(&format!(
-                "| {concurrency} | {unsigned:.0} req/s | {signed:.0} req/s | {ours:.0} req/s | {:.2} | {:.2} |\n",
+                "| {concurrency} | {unsigned:.0} req/s | {signed:.0} req/s | {ours:.0} req/s | {:.2} | {:.2} | {cloudevents:.0} req/s | {:.2} |\n",
                 ours / unsigned,
                 ours / signed,
+                cloudevents / signed,
             ));
         }
     });

@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use http::HeaderMap;
 
 use crate::Error;
-use crate::endpoint::Filter;
+use crate::config::Filter;
 use crate::request_builder::{body, headers};
 use crate::service::{Attempt, Outcome};
 use crate::signature::{Secret, unix_seconds};
@@ -87,7 +87,7 @@ impl WebhookAdapter {
 
     /// The core options to register this adapter with (queue, retry policy, dead-letter hook).
     ///
-    /// See [`WebhookBuilderExt`](crate::WebhookBuilderExt).
+    /// See [`WebhookEndpoint`](crate::WebhookEndpoint).
     pub fn adapter_options(&self) -> AdapterOptions {
         self.options.clone()
     }

@@ -66,6 +66,9 @@ pub enum Error {
     /// The request failed before a response (connect error, timeout, reset).
     #[error("request failed: {0}")]
     Transport(#[source] reqwest::Error),
+    /// A runtime-added endpoint's own instance did not start.
+    #[error("the endpoint's instance did not start: {0}")]
+    Start(#[source] Box<emissions_core::Error>),
     /// Verification: a required header is absent or not valid text.
     #[error("missing header `{0}`")]
     MissingHeader(&'static str),

@@ -49,12 +49,12 @@
 //!
 //! ```no_run
 //! use emissions_core::Emissions;
-//! use emissions_webhook::{WebhookBuilderExt, WebhookEndpoint};
+//! use emissions_webhook::{WebhookEndpoint};
 //!
 //! # #[tokio::main]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let emissions = Emissions::builder()
-//!     .webhook(
+//!     .adapter(
 //!         WebhookEndpoint::new("billing", "https://billing.example.com/hooks")
 //!             .secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
 //!             .events(["order_created"]),
@@ -67,16 +67,18 @@
 #![doc(test(attr(deny(warnings))))]
 
 mod adapter;
-mod endpoint;
+mod config;
 mod error;
 mod request_builder;
 mod service;
 mod signature;
 mod ssrf;
+mod tenants;
 
 pub use adapter::WebhookAdapter;
-pub use endpoint::{WebhookBuilderExt, WebhookEndpoint, default_retry_schedule};
+pub use config::{WebhookEndpoint, default_retry_schedule};
 pub use error::Error;
 pub use ipnet::IpNet;
 pub use signature::{Secret, Verifier, WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP, sign};
 pub use ssrf::AddressPolicy;
+pub use tenants::Tenants;

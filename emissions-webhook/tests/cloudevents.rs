@@ -9,7 +9,6 @@ mod support;
 
 use emissions_core::{CloudEvents, Emissions, Event, Metadata};
 use emissions_testing::TestAdapter;
-use emissions_webhook::WebhookBuilderExt;
 use serde_json::json;
 use support::{Received, always, endpoint, receiver, verifier};
 
@@ -33,8 +32,9 @@ async fn send(cloudevents: CloudEvents) -> (Vec<Event>, Vec<Received>) {
     let recording = TestAdapter::new();
     let sent = recording.recorder();
     let emissions = Emissions::builder()
-        .adapter("record", recording)
-        .webhook(endpoint("ce", &hooks.url).cloudevents(cloudevents))
+        .adapter(emissions_core::Named::new("record", recording))
+        .unwrap()
+        .adapter(endpoint("ce", &hooks.url).cloudevents(cloudevents))
         .unwrap()
         .start()
         .await

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use emissions_core::{AdapterOptions, Emissions};
-use emissions_webhook::{Error, WebhookBuilderExt, WebhookEndpoint};
+use emissions_webhook::{Error, WebhookEndpoint};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
@@ -99,7 +99,7 @@ fn invalid_endpoints_name_the_endpoint_and_field() {
 #[tokio::test]
 async fn the_builder_extension_fails_before_start() {
     let err = Emissions::builder()
-        .webhook(WebhookEndpoint::new("billing", "gopher://x").secret(SECRET))
+        .adapter(WebhookEndpoint::new("billing", "gopher://x").secret(SECRET))
         .map(|_| ())
         .unwrap_err();
     assert_eq!(

@@ -7,13 +7,12 @@ use std::time::Duration;
 use emissions_core::telemetry::names;
 use emissions_core::{Emissions, RetryPolicy};
 use emissions_testing::TestEmissions;
-use emissions_webhook::WebhookBuilderExt;
 use serde_json::json;
 use support::{Reply, always, dead_letters, endpoint, receiver, verifier};
 
 async fn start(endpoint: emissions_webhook::WebhookEndpoint) -> Emissions {
     Emissions::builder()
-        .webhook(endpoint)
+        .adapter(endpoint)
         .unwrap()
         .start()
         .await
@@ -232,7 +231,7 @@ async fn the_envelope_carries_id_type_timestamp_data_metadata_and_trace_context(
     let hooks = receiver(always(200)).await;
     let t = TestEmissions::start_with(
         Emissions::builder()
-            .webhook(endpoint("shape", &hooks.url).header("x-tenant", "acme"))
+            .adapter(endpoint("shape", &hooks.url).header("x-tenant", "acme"))
             .unwrap(),
     )
     .await
@@ -277,9 +276,9 @@ async fn only_interested_events_are_sent() {
     let by_name = receiver(always(200)).await;
     let by_topic = receiver(always(200)).await;
     let emissions = Emissions::builder()
-        .webhook(endpoint("names", &by_name.url).events(["user_created"]))
+        .adapter(endpoint("names", &by_name.url).events(["user_created"]))
         .unwrap()
-        .webhook(endpoint("topics", &by_topic.url).topics(Topics, ["orders"]))
+        .adapter(endpoint("topics", &by_topic.url).topics(Topics, ["orders"]))
         .unwrap()
         .start()
         .await
@@ -343,9 +342,9 @@ async fn two_endpoints_one_down_the_other_receives_everything() {
     let healthy = receiver(always(200)).await;
     let down = receiver(always(503)).await;
     let emissions = Emissions::builder()
-        .webhook(endpoint("healthy", &healthy.url))
+        .adapter(endpoint("healthy", &healthy.url))
         .unwrap()
-        .webhook(endpoint("down", &down.url))
+        .adapter(endpoint("down", &down.url))
         .unwrap()
         .start()
         .await

@@ -8,7 +8,7 @@ mod independent;
 mod support;
 
 use emissions_core::Emissions;
-use emissions_webhook::{Secret, Verifier, WebhookBuilderExt};
+use emissions_webhook::{Secret, Verifier};
 use serde_json::json;
 use support::{always, endpoint, receiver};
 
@@ -37,7 +37,7 @@ async fn the_standardwebhooks_python_package_verifies_our_requests() {
     };
     let hooks = receiver(always(200)).await;
     let emissions = Emissions::builder()
-        .webhook(endpoint("py", &hooks.url).secret(ROTATED))
+        .adapter(endpoint("py", &hooks.url).secret(ROTATED))
         .unwrap()
         .start()
         .await

@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use emissions_core::{Emissions, RetryPolicy};
-use emissions_webhook::WebhookBuilderExt;
 use serde_json::json;
 use support::{Received, Reply, dead_letters, endpoint, receiver_per_event};
 
@@ -33,7 +32,7 @@ async fn a_receiver_failing_every_event_three_times_still_gets_all_fifty() {
     .await;
     let (dead, hook) = dead_letters();
     let emissions = Emissions::builder()
-        .webhook(
+        .adapter(
             endpoint("hooks", &receiver.url)
                 .retry(RetryPolicy::schedule([Duration::from_millis(20); 3]))
                 .dead_letter(hook),
@@ -71,7 +70,7 @@ async fn an_event_that_always_fails_delays_and_fails_no_other_event() {
     .await;
     let (dead, hook) = dead_letters();
     let emissions = Emissions::builder()
-        .webhook(
+        .adapter(
             endpoint("hooks", &receiver.url)
                 .retry(RetryPolicy::schedule([Duration::from_secs(1); 3]))
                 .dead_letter(hook),
@@ -123,7 +122,7 @@ async fn with_a_key_a_retrying_event_holds_back_only_its_own_key_in_order() {
     })
     .await;
     let emissions = Emissions::builder()
-        .webhook(
+        .adapter(
             endpoint("hooks", &receiver.url)
                 .concurrency(4)
                 .retry(RetryPolicy::schedule([Duration::from_secs(1); 3]))

@@ -8,7 +8,6 @@ use std::alloc::System;
 use std::time::Duration;
 
 use emissions_core::{AdapterOptions, Emissions, RetryPolicy};
-use emissions_webhook::WebhookBuilderExt;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use support::endpoint;
 
@@ -22,7 +21,7 @@ async fn events_given_up_on_leave_no_bodies_behind() {
         listener.local_addr().unwrap().port()
     };
     let emissions = Emissions::builder()
-        .webhook(
+        .adapter(
             endpoint("closed", &format!("http://127.0.0.1:{closed}/hooks"))
                 .retry(RetryPolicy::schedule([Duration::from_millis(1)]))
                 .queue(AdapterOptions::default().capacity(1_000)),

@@ -7,7 +7,7 @@ mod support;
 use std::sync::atomic::Ordering;
 
 use emissions_core::{Emissions, RetryPolicy};
-use emissions_webhook::{AddressPolicy, Error, WebhookBuilderExt, WebhookEndpoint};
+use emissions_webhook::{AddressPolicy, Error, WebhookEndpoint};
 use support::{SECRET, always, canary, dead_letters, loopback, receiver};
 
 fn guarded(name: &str, url: &str) -> WebhookEndpoint {
@@ -48,7 +48,7 @@ async fn a_host_name_resolving_to_loopback_is_refused_at_connect_time() {
     let url = format!("http://localhost:{port}/hooks");
     let (dead, hook) = dead_letters();
     let emissions = Emissions::builder()
-        .webhook(guarded("sneaky", &url).dead_letter(hook))
+        .adapter(guarded("sneaky", &url).dead_letter(hook))
         .unwrap()
         .start()
         .await
@@ -74,9 +74,9 @@ async fn the_allow_list_lets_local_development_through() {
     let local = receiver(always(200)).await;
     let by_name = local.url.replace("127.0.0.1", "localhost");
     let emissions = Emissions::builder()
-        .webhook(guarded("literal", &local.url).address_policy(loopback()))
+        .adapter(guarded("literal", &local.url).address_policy(loopback()))
         .unwrap()
-        .webhook(guarded("named", &by_name).address_policy(loopback()))
+        .adapter(guarded("named", &by_name).address_policy(loopback()))
         .unwrap()
         .start()
         .await
@@ -104,7 +104,7 @@ async fn a_host_name_that_does_not_resolve_fails_at_once_instead_of_waiting_out_
     let (dead, hook) = dead_letters();
     // The default schedule (5 s, 5 min, … about a day): the failure must not enter it.
     let emissions = Emissions::builder()
-        .webhook(
+        .adapter(
             WebhookEndpoint::new("gone", "http://tenant-gone.invalid/hooks")
                 .secret(SECRET)
                 .dead_letter(hook),
@@ -135,7 +135,7 @@ async fn through_an_egress_proxy_the_proxy_resolves_the_name() {
     // for a host name that does not resolve here.
     let proxy = receiver(always(200)).await;
     let emissions = Emissions::builder()
-        .webhook(
+        .adapter(
             WebhookEndpoint::new("tenant", "http://tenant.invalid/hooks")
                 .secret(SECRET)
                 .proxy(proxy.url.as_str()),
@@ -168,7 +168,7 @@ async fn many_endpoints_share_one_client() {
     let mut builder = Emissions::builder();
     for tenant in ["acme", "globex", "initech"] {
         builder = builder
-            .webhook(
+            .adapter(
                 WebhookEndpoint::new(tenant, format!("{}/{tenant}", hooks.url))
                     .secret(SECRET)
                     // A literal loopback URL is still checked with a client of one's own.

@@ -159,11 +159,11 @@ async fn emissions_run(clients: usize, events: usize) -> Run {
         .build(Tenants)
         .unwrap();
     let emissions = Emissions::builder()
-        .adapter_with(
-            "live",
-            feed.adapter().unwrap(),
-            AdapterOptions::default().overflow(OverflowPolicy::Block),
+        .adapter(
+            emissions_core::Named::new("live", feed.adapter().unwrap())
+                .options(AdapterOptions::default().overflow(OverflowPolicy::Block)),
         )
+        .unwrap()
         .start()
         .await
         .unwrap();
@@ -281,7 +281,7 @@ async fn bare_run(clients: usize, events: usize, batched: bool) -> Run {
 /// `events` events committed one every 2 ms. `None` without a broker.
 #[cfg(feature = "kafka")]
 async fn cluster_latency(events: usize) -> Option<(u64, u64, usize)> {
-    use emissions_kafka::{KafkaBuilderExt, KafkaEndpoint, ValueFormat};
+    use emissions_kafka::{KafkaEndpoint, ValueFormat};
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     let brokers = std::env::var("EMISSIONS_KAFKA_BROKERS").ok()?;
     let topic = format!("feed-bench-{}", now_micros());
@@ -301,7 +301,7 @@ async fn cluster_latency(events: usize) -> Option<(u64, u64, usize)> {
     }
     // Instance B writes; instance A's feed reads and serves a client.
     let b = Emissions::builder()
-        .kafka(
+        .adapter(
             KafkaEndpoint::new("kafka", &brokers)
                 .topic(&topic)
                 .key_from_metadata("tenant")

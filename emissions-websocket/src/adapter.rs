@@ -5,8 +5,8 @@ use std::sync::Arc;
 use emissions_core::{Adapter, BatchError, BoxError, Event, TopicRouter, async_trait};
 
 use crate::config::Carried;
-use crate::frame;
 use crate::hub::Hub;
+use crate::request_builder;
 
 /// Publishes committed events to a [`LiveFeed`](crate::LiveFeed): each carried event becomes
 /// one frame, serialized once and queued for every connection that may see it. Its shutdown
@@ -68,7 +68,7 @@ impl Adapter for FeedAdapter {
                 continue;
             }
             let offset = self.next;
-            entries.push(frame::entry(
+            entries.push(request_builder::entry(
                 event.clone(),
                 topic.map(Arc::from),
                 0,

@@ -20,8 +20,8 @@ use tokio::net::TcpListener;
 use crate::Error;
 use crate::adapter::FeedAdapter;
 use crate::config::{Authorize, Carried, FeedBuilder, Public};
-use crate::connection::{self, FeedRequest, Joining, Transport};
 use crate::hub::{FeedStats, Hub, Visible};
+use crate::service::{self, FeedRequest, Joining, Transport};
 
 /// A live feed of committed events for browsers and other clients, over WebSocket and
 /// Server-Sent Events, with every frame authorized. Cheap to clone.
@@ -38,7 +38,7 @@ use crate::hub::{FeedStats, Hub, Visible};
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let feed = LiveFeed::builder().events(["order_*"]).build(Public)?;
-/// let emissions = Emissions::builder().adapter("live", feed.adapter()?).start().await?;
+/// let emissions = Emissions::builder().adapter(emissions_core::Named::new("live", feed.adapter()?))?.start().await?;
 /// let app: Router = Router::new().route("/live", feed.handler());
 /// // axum::serve(listener, app).await?;
 /// # let _ = (app, emissions);
@@ -254,7 +254,7 @@ impl<A: Authorize> LiveFeed<A> {
                     .on_upgrade(move |mut socket| async move {
                         match joining.register(&hub).await {
                             Some(registration) => {
-                                connection::websocket(socket, hub, registration).await;
+                                service::websocket(socket, hub, registration).await;
                             }
                             None => {
                                 let close = CloseFrame {
@@ -266,7 +266,7 @@ impl<A: Authorize> LiveFeed<A> {
                         }
                     })
             }
-            Transport::Sse => Sse::new(connection::sse(hub.clone(), joining))
+            Transport::Sse => Sse::new(service::sse(hub.clone(), joining))
                 .keep_alive(KeepAlive::new().interval(hub.limits.ping_interval))
                 .into_response(),
         }

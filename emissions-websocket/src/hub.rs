@@ -995,7 +995,7 @@ mod tests {
             .map(|offset| {
                 let event =
                     Event::new("order_created", &offset, emissions_core::Metadata::new()).unwrap();
-                crate::frame::entry(event, None, 0, offset, "e", &[offset + 1], None)
+                crate::request_builder::entry(event, None, 0, offset, "e", &[offset + 1], None)
             })
             .collect()
     }

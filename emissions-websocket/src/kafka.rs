@@ -15,7 +15,7 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use crate::adapter::carries;
 use crate::config::{Authorize, FeedBuilder};
 use crate::position::stable_hash;
-use crate::{Error, LiveFeed, frame};
+use crate::{Error, LiveFeed, request_builder};
 
 /// The topics a feed consumes, and how to reach the cluster.
 ///
@@ -322,7 +322,7 @@ async fn consume(
                 continue;
             }
             let topic = layout.topics[stream].clone();
-            let entry = frame::entry(
+            let entry = request_builder::entry(
                 event,
                 Some(topic),
                 stream,

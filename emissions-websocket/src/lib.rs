@@ -30,7 +30,7 @@
 //! # #[tokio::main]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let feed = LiveFeed::builder().events(["order_*"]).build(Users)?;
-//! let emissions = Emissions::builder().adapter("live", feed.adapter()?).start().await?;
+//! let emissions = Emissions::builder().adapter(emissions_core::Named::new("live", feed.adapter()?))?.start().await?;
 //! let app = axum::Router::new().route("/live", feed.handler());
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 //! axum::serve(listener, app).await?;
@@ -105,21 +105,21 @@
 
 mod adapter;
 mod config;
-mod connection;
 mod error;
 mod feed;
-mod frame;
 mod hub;
 #[cfg(feature = "kafka")]
 mod kafka;
 mod position;
+mod request_builder;
 mod selection;
+mod service;
 
 pub use adapter::FeedAdapter;
 pub use config::{Authorize, FeedBuilder, Public, Refusal};
-pub use connection::FeedRequest;
 pub use error::Error;
 pub use feed::LiveFeed;
 pub use hub::{Disconnect, FeedStats};
 #[cfg(feature = "kafka")]
 pub use kafka::KafkaSource;
+pub use service::FeedRequest;

@@ -158,7 +158,8 @@ async fn a_feed_must_choose_what_it_carries_and_a_public_feed_is_explicit() {
     let adapter = feed.adapter().unwrap();
     assert!(feed.adapter().is_err(), "one adapter per feed");
     let emissions = Emissions::builder()
-        .adapter("live", adapter)
+        .adapter(emissions_core::Named::new("live", adapter))
+        .unwrap()
         .start()
         .await
         .unwrap();

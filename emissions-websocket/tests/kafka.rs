@@ -11,7 +11,7 @@ mod support;
 use std::time::Duration;
 
 use emissions_core::{CloudEvents, Emissions};
-use emissions_kafka::{KafkaBuilderExt, KafkaEndpoint, ValueFormat};
+use emissions_kafka::{KafkaEndpoint, ValueFormat};
 use emissions_websocket::{KafkaSource, LiveFeed};
 use rdkafka::ClientConfig;
 use serde_json::{Value, json};
@@ -44,7 +44,7 @@ async fn instance_writing(
             .key_from_metadata("user_id"),
     );
     let emissions = Emissions::builder()
-        .kafka(kafka)
+        .adapter(kafka)
         .unwrap()
         .start()
         .await

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use emissions_core::{Emissions, Metadata};
-use emissions_kafka::{KafkaBuilderExt, KafkaEndpoint};
+use emissions_kafka::KafkaEndpoint;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -59,7 +59,7 @@ async fn main() -> Result<(), AnyError> {
                 event.metadata()["order_id"]
             )
         });
-    let emissions = Emissions::builder().kafka(kafka)?.start().await?;
+    let emissions = Emissions::builder().adapter(kafka)?.start().await?;
 
     for order in 1..=3 {
         let buffer = emissions.start();

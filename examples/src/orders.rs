@@ -35,9 +35,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
 use emissions_core::{Emissions, RetryPolicy};
-use emissions_kafka::{KafkaBuilderExt, KafkaEndpoint};
+use emissions_kafka::KafkaEndpoint;
 use emissions_outbox::{CommitIn, Outbox, OutboxConfig};
-use emissions_webhook::{AddressPolicy, Secret, Verifier, WebhookBuilderExt, WebhookEndpoint};
+use emissions_webhook::{AddressPolicy, Secret, Verifier, WebhookEndpoint};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgPool, SqlitePool};
 
@@ -202,9 +202,9 @@ async fn start(
         .concurrency(8)
         .retry(retry)
         .ordered_by(|e| e.payload_json()["customer"].as_str().map(str::to_owned));
-    let mut builder = Emissions::builder().webhook(endpoint)?;
+    let mut builder = Emissions::builder().adapter(endpoint)?;
     if let Some((brokers, topic)) = kafka {
-        builder = builder.kafka(
+        builder = builder.adapter(
             KafkaEndpoint::new("ledger", brokers)
                 .topic(topic)
                 .key_from_payload("/customer")

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use emissions_core::{Adapter, BatchError, Emissions, Event, Metadata, async_trait};
+use emissions_core::{Adapter, BatchError, Emissions, Event, Metadata, Named, async_trait};
 use serde::Serialize;
 
 /// Prints every event it is given.
@@ -82,8 +82,8 @@ async fn place_order(id: u32, item: &'static str, qty: u32) -> Result<u32, Reque
 #[tokio::main]
 async fn main() -> Result<(), emissions_core::Error> {
     let emissions = Emissions::builder()
-        .adapter("console", Console)
-        .adapter("audit", OrderAudit::default())
+        .adapter(Named::new("console", Console))?
+        .adapter(Named::new("audit", OrderAudit::default()))?
         .start()
         .await?;
 

@@ -19,7 +19,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use emissions_core::{Emissions, Metadata, RetryPolicy};
-use emissions_webhook::{AddressPolicy, Secret, Verifier, WebhookBuilderExt, WebhookEndpoint};
+use emissions_webhook::{AddressPolicy, Secret, Verifier, WebhookEndpoint};
 use serde::Serialize;
 
 const DEMO_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -135,7 +135,7 @@ async fn run_sender(url: &str) -> Result<(), AnyError> {
             Duration::from_millis(300),
             Duration::from_secs(1),
         ]));
-    let emissions = Emissions::builder().webhook(endpoint)?.start().await?;
+    let emissions = Emissions::builder().adapter(endpoint)?.start().await?;
 
     let requests = [
         (1, "widget", 5),

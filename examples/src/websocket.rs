@@ -21,7 +21,7 @@ use axum::http::header;
 use axum::http::request::Parts;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
-use emissions_core::{AdapterOptions, Emissions, Event, Metadata, RetryPolicy};
+use emissions_core::{AdapterOptions, Emissions, Event, Metadata, Named, RetryPolicy};
 use emissions_websocket::{Authorize, LiveFeed, Refusal};
 
 type AnyError = Box<dyn std::error::Error + Send + Sync>;
@@ -117,11 +117,10 @@ async fn main() -> Result<(), AnyError> {
         .events(["order_*", "payment_*"])
         .build(OwnOrders(sessions.clone()))?;
     let emissions = Emissions::builder()
-        .adapter_with(
-            "live",
-            feed.adapter()?,
-            AdapterOptions::default().retry(RetryPolicy::none()),
-        )
+        .adapter(
+            Named::new("live", feed.adapter()?)
+                .options(AdapterOptions::default().retry(RetryPolicy::none())),
+        )?
         .start()
         .await?;
 

@@ -140,7 +140,7 @@ impl CommitOutcome {
     /// # use emissions_core::Emissions;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), emissions_core::Error> {
-    /// let emissions = Emissions::builder().adapter("test", emissions_testing::TestAdapter::new()).start().await?;
+    /// let emissions = Emissions::builder().adapter(emissions_core::Named::new("test", emissions_testing::TestAdapter::new()))?.start().await?;
     /// let outcome = emissions.emit_now("ping", &()).await?.settled().await;
     /// assert_eq!(outcome.adapter("test").unwrap().delivered, 1);
     /// assert!(outcome.adapter("kafka").is_none());

@@ -119,7 +119,7 @@ pub struct HandlerReport {
 /// # use emissions_core::Emissions;
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), emissions_core::Error> {
-/// let emissions = Emissions::builder().adapter("test", emissions_testing::TestAdapter::new()).start().await?;
+/// let emissions = Emissions::builder().adapter(emissions_core::Named::new("test", emissions_testing::TestAdapter::new()))?.start().await?;
 /// emissions.emit_now("ping", &1).await?;
 /// let report = emissions.shutdown(std::time::Duration::from_secs(5)).await;
 /// let test = report.adapter("test").unwrap();

@@ -180,7 +180,8 @@ pub async fn start_gated(
         .max_demand(capacity)
         .overflow(policy);
     let emissions = Emissions::builder()
-        .adapter_with(name, adapter, options)
+        .adapter(emissions_core::Named::new(name, adapter).options(options))
+        .unwrap()
         .start()
         .await
         .unwrap();

@@ -144,7 +144,13 @@ pub async fn start(builder: EmissionsBuilder, outbox: &Outbox) -> Emissions {
 pub async fn start_recorded(outbox: &Outbox) -> (Emissions, emissions_testing::Recorder) {
     let test = emissions_testing::TestAdapter::new();
     let recorder = test.recorder();
-    let emissions = start(Emissions::builder().adapter("test", test), outbox).await;
+    let emissions = start(
+        Emissions::builder()
+            .adapter(emissions_core::Named::new("test", test))
+            .unwrap(),
+        outbox,
+    )
+    .await;
     (emissions, recorder)
 }
 

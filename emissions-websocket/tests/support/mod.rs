@@ -54,11 +54,11 @@ pub(crate) struct App {
 pub(crate) async fn app(builder: FeedBuilder) -> App {
     let feed = builder.build(Users).unwrap();
     let emissions = Emissions::builder()
-        .adapter_with(
-            "live",
-            feed.adapter().unwrap(),
-            AdapterOptions::default().retry(RetryPolicy::none()),
+        .adapter(
+            emissions_core::Named::new("live", feed.adapter().unwrap())
+                .options(AdapterOptions::default().retry(RetryPolicy::none())),
         )
+        .unwrap()
         .start()
         .await
         .unwrap();

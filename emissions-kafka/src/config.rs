@@ -4,12 +4,14 @@ use std::fmt;
 use std::sync::Arc;
 
 use emissions_core::{
-    AdapterOptions, CloudEvents, DeadLetter, EmissionsBuilder, Event, RetryPolicy, TopicRouter,
+    AdapterOptions, CloudEvents, DeadLetter, Event, IntoAdapter, Registration, RetryPolicy,
+    TopicRouter,
 };
 use rdkafka::ClientConfig;
 
 use crate::Error;
 use crate::adapter::KafkaAdapter;
+use crate::service::Producer;
 
 /// librdkafka properties set unless overridden. `enable.idempotence=true` (hence `acks=all`)
 /// gives exactly-once, in-order writes per partition under retries; `murmur2_random` puts a key
@@ -81,7 +83,7 @@ pub enum ValueFormat {
 ///
 /// ```no_run
 /// use emissions_core::Emissions;
-/// use emissions_kafka::{KafkaBuilderExt, KafkaEndpoint};
+/// use emissions_kafka::KafkaEndpoint;
 ///
 /// emissions_core::topic_router! {
 ///     pub struct Topics { "orders" => ["order_created", "order_shipped"] }
@@ -93,7 +95,7 @@ pub enum ValueFormat {
 ///     .router(Topics, "events")                 // order_created → "events.orders"
 ///     .key_from_metadata("order_id")            // one order, one partition, in order
 ///     .property("linger.ms", "10");
-/// let emissions = Emissions::builder().kafka(kafka)?.start().await?;
+/// let emissions = Emissions::builder().adapter(kafka)?.start().await?;
 /// # let _ = emissions;
 /// # Ok(()) }
 /// ```
@@ -108,12 +110,8 @@ pub struct KafkaEndpoint {
     pub(crate) cloudevents: Option<CloudEvents>,
     properties: Vec<(String, String)>,
     queue: AdapterOptions,
-    /// The ordering key, kept apart so that [`KafkaEndpoint::queue`] keeps it.
-    order: Option<OrderFn>,
     pub(crate) on_delivery: Option<DeliveryFn>,
 }
-
-type OrderFn = Arc<dyn Fn(&Event) -> Option<String> + Send + Sync>;
 
 impl fmt::Debug for KafkaEndpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -144,7 +142,6 @@ impl KafkaEndpoint {
             queue: AdapterOptions::default()
                 .max_demand(500)
                 .retry(RetryPolicy::none()),
-            order: None,
             on_delivery: None,
         }
     }
@@ -291,12 +288,7 @@ impl KafkaEndpoint {
     /// # Ok::<(), emissions_kafka::Error>(())
     /// ```
     pub fn queue(mut self, options: AdapterOptions) -> Self {
-        let mut options = options.retry(self.queue.retry.clone());
-        options.dead_letter = self.queue.dead_letter.clone();
-        if let Some(key) = self.order.clone() {
-            options = options.ordered_by(move |event| key(event));
-        }
-        self.queue = options;
+        self.queue = self.queue.with_queue_of(options);
         self
     }
 
@@ -317,9 +309,7 @@ impl KafkaEndpoint {
         mut self,
         key: impl Fn(&Event) -> Option<String> + Send + Sync + 'static,
     ) -> Self {
-        let key: OrderFn = Arc::new(key);
-        self.order = Some(key.clone());
-        self.queue = self.queue.ordered_by(move |event| key(event));
+        self.queue = self.queue.ordered_by(key);
         self
     }
 
@@ -464,11 +454,11 @@ impl KafkaEndpoint {
             .validate(&self.name)
             .map_err(|e| self.core_config(e))?;
         let config = self.client_config()?;
-        let producer = KafkaAdapter::create_producer(&config).map_err(|e| {
+        let producer = Producer::new(config).map_err(|e| {
             // librdkafka names the property in its message.
             self.invalid("properties", e.to_string())
         })?;
-        Ok(KafkaAdapter::new(self, destination, config, producer))
+        Ok(KafkaAdapter::new(self, destination, producer))
     }
 
     pub(crate) fn queue_options(&self) -> AdapterOptions {
@@ -476,19 +466,15 @@ impl KafkaEndpoint {
     }
 }
 
-/// Registers Kafka endpoints on an [`EmissionsBuilder`].
-pub trait KafkaBuilderExt: Sized {
-    /// Builds `endpoint` and registers it as an adapter under its name, with its queue options.
-    ///
-    /// See [`KafkaEndpoint`].
-    fn kafka(self, endpoint: KafkaEndpoint) -> Result<Self, Error>;
-}
+/// Registers the endpoint with
+/// [`EmissionsBuilder::adapter`](emissions_core::EmissionsBuilder::adapter) under its name,
+/// with its queue options; its configuration is checked there ([`KafkaEndpoint::build`]).
+impl IntoAdapter for KafkaEndpoint {
+    type Error = Error;
 
-impl KafkaBuilderExt for EmissionsBuilder {
-    fn kafka(self, endpoint: KafkaEndpoint) -> Result<Self, Error> {
-        let adapter = endpoint.build()?;
-        let name = adapter.name().to_owned();
+    fn into_adapter(self) -> Result<Registration, Error> {
+        let adapter = self.build()?;
         let options = adapter.adapter_options();
-        Ok(self.adapter_with(name, adapter, options))
+        Ok(Registration::new(adapter.name().to_owned(), adapter).options(options))
     }
 }

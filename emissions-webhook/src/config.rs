@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use emissions_core::envelope::ContentMode;
 use emissions_core::{
-    AdapterOptions, CloudEvents, DeadLetter, EmissionsBuilder, Event, RetryPolicy, TopicRouter,
+    AdapterOptions, CloudEvents, DeadLetter, Event, IntoAdapter, Registration, RetryPolicy,
+    TopicRouter,
 };
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -59,7 +60,7 @@ impl Filter {
 /// ```
 /// use std::time::Duration;
 /// use emissions_core::Emissions;
-/// use emissions_webhook::{WebhookBuilderExt, WebhookEndpoint};
+/// use emissions_webhook::WebhookEndpoint;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -68,7 +69,7 @@ impl Filter {
 ///     .events(["order_created", "order_refunded"])
 ///     .header("x-tenant", "acme")
 ///     .timeout(Duration::from_secs(10));
-/// let emissions = Emissions::builder().webhook(billing)?.start().await?;
+/// let emissions = Emissions::builder().adapter(billing)?.start().await?;
 /// # let _ = emissions;
 ///
 /// let err = WebhookEndpoint::new("crm", "ftp://crm.example.com").secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").build().unwrap_err();
@@ -84,7 +85,7 @@ pub struct WebhookEndpoint {
     pub(crate) name: String,
     url: String,
     secrets: Vec<String>,
-    filter: Filter,
+    pub(crate) filter: Filter,
     headers: Vec<(String, String)>,
     cloudevents: Option<CloudEvents>,
     connect_timeout: Duration,
@@ -97,11 +98,7 @@ pub struct WebhookEndpoint {
     client: Option<reqwest::Client>,
     proxy: Option<String>,
     queue: AdapterOptions,
-    /// The ordering key, kept so that [`queue`](Self::queue) does not lose it.
-    key: Option<KeyFn>,
 }
-
-type KeyFn = Arc<dyn Fn(&Event) -> Option<String> + Send + Sync>;
 
 impl fmt::Debug for WebhookEndpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -137,7 +134,6 @@ impl WebhookEndpoint {
             client: None,
             proxy: None,
             queue: AdapterOptions::default().retry(default_retry_schedule()),
-            key: None,
         }
     }
 
@@ -330,14 +326,7 @@ impl WebhookEndpoint {
     /// # let _ = e;
     /// ```
     pub fn queue(mut self, options: AdapterOptions) -> Self {
-        let retry = self.queue.retry.clone();
-        let dead_letter = self.queue.dead_letter.clone();
-        let mut options = options.retry(retry);
-        options.dead_letter = dead_letter;
-        if let Some(key) = self.key.clone() {
-            options = options.ordered_by(move |event| key(event));
-        }
-        self.queue = options;
+        self.queue = self.queue.with_queue_of(options);
         self
     }
 
@@ -355,10 +344,7 @@ impl WebhookEndpoint {
         mut self,
         key: impl Fn(&Event) -> Option<String> + Send + Sync + 'static,
     ) -> Self {
-        let key: KeyFn = Arc::new(key);
-        let shared = key.clone();
-        self.queue = self.queue.ordered_by(move |event| shared(event));
-        self.key = Some(key);
+        self.queue = self.queue.ordered_by(key);
         self
     }
 
@@ -511,20 +497,15 @@ impl WebhookEndpoint {
     }
 }
 
-/// Registers webhook endpoints on an [`EmissionsBuilder`].
-pub trait WebhookBuilderExt: Sized {
-    /// Builds `endpoint` and registers it as an adapter under its name, with its queue and
-    /// retry options.
-    ///
-    /// See [`WebhookEndpoint`].
-    fn webhook(self, endpoint: WebhookEndpoint) -> Result<Self, Error>;
-}
+/// Registers the endpoint with [`EmissionsBuilder::adapter`](emissions_core::EmissionsBuilder::adapter)
+/// under its name, with its queue and retry options; its configuration is checked there
+/// ([`WebhookEndpoint::build`]).
+impl IntoAdapter for WebhookEndpoint {
+    type Error = Error;
 
-impl WebhookBuilderExt for EmissionsBuilder {
-    fn webhook(self, endpoint: WebhookEndpoint) -> Result<Self, Error> {
-        let adapter = endpoint.build()?;
-        let name = adapter.name().to_owned();
+    fn into_adapter(self) -> Result<Registration, Error> {
+        let adapter = self.build()?;
         let options = adapter.adapter_options();
-        Ok(self.adapter_with(name, adapter, options))
+        Ok(Registration::new(adapter.name().to_owned(), adapter).options(options))
     }
 }
