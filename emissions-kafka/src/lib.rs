@@ -7,7 +7,16 @@
 //! `event-id`, `event-time` (RFC 3339), `content-type: application/json`, and W3C
 //! `traceparent`/`tracestate` when the event carries them. The record timestamp is the emit time.
 //! The key is the event id by default, or a metadata or payload field ([`KeyStrategy`]) so that
-//! all events of one entity land on one partition, in order.
+//! all events of one entity land on one partition, in order. With
+//! [`KafkaEndpoint::cloudevents`] records are CloudEvents 1.0 instead (Kafka protocol binding):
+//! binary mode (`ce_*` headers, the payload as the value) or structured mode
+//! (`application/cloudevents+json`).
+//!
+//! # TLS, SASL, compression
+//!
+//! rdkafka's build features pass through — `ssl`, `ssl-vendored`, `sasl`, `gssapi`, `zstd`,
+//! `dynamic-linking`, `cmake-build` — and [`rdkafka`] is re-exported; set
+//! `security.protocol`, `sasl.*` and `ssl.*` with [`KafkaEndpoint::property`].
 //!
 //! # Delivery
 //!

@@ -97,7 +97,7 @@ pub struct WebhookEndpoint {
     address_policy: AddressPolicy,
     client: Option<reqwest::Client>,
     proxy: Option<String>,
-    queue: AdapterOptions,
+    pub(crate) queue: AdapterOptions,
 }
 
 impl fmt::Debug for WebhookEndpoint {

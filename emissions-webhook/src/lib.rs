@@ -7,9 +7,11 @@
 //!
 //! # Request
 //!
-//! `POST` with `content-type: application/json` and the envelope
-//! `{"id", "type", "timestamp", "data", "metadata"}` (`data` is the event's payload, embedded as
-//! serialized at emit time). Headers: `webhook-id` (the event id, the same on every attempt, for
+//! `POST` with `content-type: application/json` and the envelope every adapter writes,
+//! `{"id", "type", "time", "metadata", "data"}` ([`emissions_core::Envelope`]; `data` is the
+//! event's payload, embedded as serialized at emit time) — or, with
+//! [`WebhookEndpoint::cloudevents`], a CloudEvent in structured mode (the signature covers
+//! every attribute) or binary mode (percent-encoded `ce-*` headers). Headers: `webhook-id` (the event id, the same on every attempt, for
 //! deduplication), `webhook-timestamp` (seconds, per attempt), `webhook-signature` (`v1,` +
 //! base64 HMAC-SHA256 of `id.timestamp.body`, one per secret), `traceparent`/`tracestate` when the
 //! event carries them, and the endpoint's static headers. The body is built once per event and
@@ -38,7 +40,16 @@
 //! On by default ([`AddressPolicy`]): internal addresses are refused on the address actually
 //! connected to (a guarded DNS resolver; literal IPs are checked at build time), no proxy from
 //! the environment is used, redirects are never followed. Allow networks explicitly for local
-//! development.
+//! development. A host name that does not resolve is asked again for a few seconds, then fails
+//! at once ([`Error::Unresolvable`]) instead of waiting out the schedule. With
+//! [`WebhookEndpoint::proxy`] an egress proxy resolves and polices destinations instead; with
+//! [`WebhookEndpoint::client`] endpoints share one client (and its connection pool).
+//!
+//! # Many tenants
+//!
+//! [`Tenants`] takes endpoints while the service runs — one per customer, each its own
+//! instance with its own queue, retries and counts — and reports how the events queued for
+//! an endpoint ended when it is removed.
 //!
 //! # Telemetry
 //!
@@ -49,7 +60,7 @@
 //!
 //! ```no_run
 //! use emissions_core::Emissions;
-//! use emissions_webhook::{WebhookEndpoint};
+//! use emissions_webhook::WebhookEndpoint;
 //!
 //! # #[tokio::main]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -7,8 +7,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use emissions_core::{
-    Adapter, AdapterReport, BatchError, BoxError, Emissions, Event, IntoAdapter, Registration,
-    async_trait,
+    Adapter, AdapterReport, BatchError, BoxError, Emissions, Event, IntoAdapter, OverflowPolicy,
+    Registration, async_trait,
 };
 
 use crate::Error;
@@ -106,6 +106,13 @@ impl Tenants {
     async fn start(&self, endpoint: WebhookEndpoint) -> Result<Tenant, Error> {
         if self.is_closed() {
             return Err(shut_down());
+        }
+        if endpoint.queue.overflow == OverflowPolicy::Block {
+            return Err(Error::Config {
+                endpoint: endpoint.name.clone(),
+                field: "overflow",
+                reason: "one endpoint's full queue would hold up the others: use DropNewest or DropOldest".into(),
+            });
         }
         let filter = endpoint.filter.clone();
         let emissions = Emissions::builder()
@@ -205,19 +212,29 @@ impl Tenants {
         Some(self.end(tenant, drain).await)
     }
 
+    /// Shuts the tenant's instance down within `drain` and keeps its report. On a task of its
+    /// own, so that a caller that stops waiting (a timeout around `remove`) does not stop it:
+    /// the report still lands in [`ended`](Self::ended).
     async fn end(&self, tenant: Tenant, drain: Duration) -> AdapterReport {
-        let report = tenant.emissions.shutdown(drain).await;
-        let report = report
-            .adapters
-            .into_iter()
-            .next()
-            .expect("a tenant instance has its endpoint as its one adapter");
-        self.inner
-            .ended
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(report.clone());
-        report
+        let ended = self.inner.clone();
+        let task = tokio::spawn(async move {
+            let report = tenant.emissions.shutdown(drain).await;
+            let report = report
+                .adapters
+                .into_iter()
+                .next()
+                .expect("a tenant instance has its endpoint as its one adapter");
+            ended
+                .ended
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(report.clone());
+            report
+        });
+        match task.await {
+            Ok(report) => report,
+            Err(err) => std::panic::resume_unwind(err.into_panic()),
+        }
     }
 
     /// The endpoints' names, sorted.

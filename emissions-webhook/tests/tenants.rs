@@ -136,6 +136,26 @@ async fn what_was_queued_for_a_removed_endpoint_ends_counted() {
         "cut off by the drain time: {report:?}"
     );
     assert!(report.deadline_exceeded);
+
+    // A caller that stops waiting does not stop the removal: the report still lands.
+    tenants
+        .add(endpoint("stuck", &hanging.url).timeout(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    emissions.emit_now("order_created", &1).await.unwrap();
+    hanging.wait_for(2).await;
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(10),
+        tenants.remove("stuck", Duration::from_millis(200)),
+    )
+    .await;
+    assert!(cancelled.is_err(), "the wait was cut short");
+    assert!(tenants.names().is_empty());
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let ended = tenants.ended();
+    assert_eq!(ended.len(), 2);
+    assert_eq!(ended[1].counts.committed, 1);
+    assert!(ended[1].counts.is_balanced(), "{:?}", ended[1]);
     emissions.shutdown(Duration::from_secs(1)).await;
 }
 
@@ -211,5 +231,14 @@ async fn bad_or_duplicate_endpoints_are_refused_naming_the_endpoint_and_field() 
         err.to_string(),
         "webhook endpoint `bad`: invalid `url`: scheme `ftp` is not supported; use http or https"
     );
+    let blocking = endpoint("slow", &hooks.url).queue(
+        emissions_core::AdapterOptions::default().overflow(emissions_core::OverflowPolicy::Block),
+    );
+    match tenants.add(blocking).await.unwrap_err() {
+        Error::Config {
+            endpoint, field, ..
+        } => assert_eq!((endpoint.as_str(), field), ("slow", "overflow")),
+        other => panic!("{other:?}"),
+    }
     assert_eq!(tenants.names(), ["acme"]);
 }
