@@ -47,10 +47,21 @@ async fn bare(brokers: &str, topic: &str, events: usize) -> f64 {
         for &i in chunk {
             let key = format!("order-{}", i % 100);
             let value = payload(i);
-            let headers = OwnedHeaders::new()
+            // The same headers as the adapter's records: name, id, time, content type.
+            let id = uuid::Uuid::now_v7().to_string();
+            let time = humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string();
+            let headers = OwnedHeaders::new_with_capacity(4)
                 .insert(Header {
                     key: "event-name",
                     value: Some("order_step"),
+                })
+                .insert(Header {
+                    key: "event-id",
+                    value: Some(&id),
+                })
+                .insert(Header {
+                    key: "event-time",
+                    value: Some(&time),
                 })
                 .insert(Header {
                     key: "content-type",
