@@ -485,6 +485,14 @@ impl Source for Handover<'_> {
     }
 }
 
+impl Buffer {
+    /// Whether another handle to this buffer exists (a task the handler gave it to).
+    #[cfg(feature = "tower")]
+    pub(crate) fn is_shared(&self) -> bool {
+        Arc::strong_count(&self.shared) > 1
+    }
+}
+
 impl Drop for BufferShared {
     fn drop(&mut self) {
         let inner = self.state.get_mut().unwrap_or_else(|e| e.into_inner());

@@ -21,7 +21,7 @@ const BROKERS_VAR: &str = "EMISSIONS_KAFKA_BROKERS";
 /// (`--all-features` would also ask for librdkafka, Cyrus SASL, Kerberos and CMake through
 /// emissions-kafka's pass-through features `dynamic-linking`, `sasl`, `gssapi` and
 /// `cmake-build`, which are rdkafka's own and not built here).
-const CI_FEATURES: &str = "emissions-core/tower,emissions-core/opentelemetry,\
+const CI_FEATURES: &str = "emissions-core/tower,emissions-core/axum,emissions-core/opentelemetry,\
 emissions-outbox/sqlite,emissions-outbox/postgres,emissions-outbox/opentelemetry,\
 emissions-testing/outbox,emissions-webhook/rustls,emissions-webhook/native-tls,\
 emissions-websocket/kafka,emissions-kafka/ssl,emissions-kafka/zstd";
