@@ -176,3 +176,8 @@ pub use options::{
     AdapterOptions, DeadLetter, DeadLetterCause, DeadLetterHook, OverflowPolicy, RetryPolicy,
 };
 pub use router::TopicRouter;
+
+/// The examples of this crate's README, compiled and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

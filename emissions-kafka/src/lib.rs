@@ -63,3 +63,8 @@ pub use request_builder::headers;
 /// The rdkafka crate this one is built on, for its types (`ClientConfig` properties are set
 /// through [`KafkaEndpoint::property`]).
 pub use rdkafka;
+
+/// The examples of this crate's README, compiled and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

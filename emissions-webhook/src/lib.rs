@@ -93,3 +93,8 @@ pub use ipnet::IpNet;
 pub use signature::{Secret, Verifier, WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP, sign};
 pub use ssrf::AddressPolicy;
 pub use tenants::Tenants;
+
+/// The examples of this crate's README, compiled and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -123,3 +123,8 @@ pub use hub::{Disconnect, FeedStats};
 #[cfg(feature = "kafka")]
 pub use kafka::KafkaSource;
 pub use service::FeedRequest;
+
+/// The examples of this crate's README, compiled and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -48,7 +48,8 @@ commands:
         the Python `standardwebhooks` and `cloudevents` packages, into target/python), then: fmt check, clippy (-D warnings, all targets, the CI features), every
         test (unit, integration, property, doc) with the CI features — every feature but the
         Kafka ones that need system libraries — and core's with none, cargo
-        doc with warnings denied, and the README's main command";
+        doc with warnings denied, cargo package of every library crate (verified), and the
+        README's main command";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -607,8 +608,44 @@ fn bench() -> Result<(), String> {
     Ok(())
 }
 
+/// The MSRV claim is true: the workspace's `rust-version` is the toolchain CI builds with
+/// (no other toolchain can be installed on these machines, so a lower claim could not be
+/// checked). Fails when the toolchain and the claim part ways.
+fn check_msrv(root: &Path) -> Result<(), String> {
+    println!("\n==> MSRV: the declared rust-version is the toolchain that builds and tests it");
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).map_err(|e| e.to_string())?;
+    let declared = manifest
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("rust-version = \""))
+        .and_then(|rest| rest.strip_suffix('"'))
+        .ok_or("no rust-version in the workspace manifest")?;
+    let rustc = Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
+        .arg("--version")
+        .output()
+        .map_err(|e| format!("rustc --version: {e}"))?;
+    let version = String::from_utf8_lossy(&rustc.stdout);
+    // "rustc 1.95.0 (…)" → "1.95"
+    let actual: String = version
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .split('.')
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(".");
+    if actual == declared {
+        println!("rust-version {declared} = rustc {actual}");
+        Ok(())
+    } else {
+        Err(format!(
+            "rust-version is {declared} but CI builds with rustc {actual}: declare {actual} (or check {declared} with that toolchain)"
+        ))
+    }
+}
+
 fn ci() -> Result<(), String> {
     let root = workspace_root();
+    check_msrv(&root)?;
     let python = provision_python(&root)?;
     let python = python.to_str().ok_or("non-UTF-8 path")?;
     // Keep the broker and the database alive for the whole run; they stop when dropped.
@@ -657,6 +694,20 @@ fn ci() -> Result<(), String> {
             "cargo doc (warnings denied)",
             &["doc", "--workspace", "--no-deps", "--features", CI_FEATURES],
             &[("RUSTDOCFLAGS", "-D warnings")],
+        ),
+        // Every library crate packages and its package builds on its own, in dependency
+        // order, the workspace's crates served from a local registry.
+        (
+            "cargo package (every library crate, verified)",
+            &[
+                "package",
+                "--workspace",
+                "--exclude",
+                "emissions-examples",
+                "--exclude",
+                "xtask",
+            ],
+            &[],
         ),
         (
             "README main command: the orders example (SQLite outbox, signed webhooks)",
