@@ -272,10 +272,10 @@ async fn finish(buffer: &Buffer, decision: Decision) {
         }
         Decision::Leave => {
             // Held by the upgraded connection: its to commit. Held by nobody else: commit.
-            if !buffer.is_shared() {
-                if let Err(err) = buffer.commit().await {
-                    tracing::debug!(target: "emissions", error = %err, "buffer left after an upgrade was not committed");
-                }
+            if !buffer.is_shared()
+                && let Err(err) = buffer.commit().await
+            {
+                tracing::debug!(target: "emissions", error = %err, "buffer left after an upgrade was not committed");
             }
         }
     }

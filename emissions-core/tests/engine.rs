@@ -814,10 +814,10 @@ impl Adapter for Echo {
     async fn handle_events(&mut self, events: &[Event]) -> Result<(), BatchError> {
         let emissions = self.emissions.get().expect("set after start");
         for event in events {
-            if event.name() == "ping" {
-                if let Err(err) = emissions.emit_now("echo", &1u64).await {
-                    self.refusals.lock().unwrap().push(err.to_string());
-                }
+            if event.name() == "ping"
+                && let Err(err) = emissions.emit_now("echo", &1u64).await
+            {
+                self.refusals.lock().unwrap().push(err.to_string());
             }
         }
         // Slow enough for the queue to be full when the next echo is committed.

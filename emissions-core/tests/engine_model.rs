@@ -88,9 +88,9 @@ enum Answer {
 }
 
 fn answer(id: u64, attempt: u32) -> Answer {
-    if id % 11 == 0 {
+    if id.is_multiple_of(11) {
         Answer::Permanent
-    } else if id % 7 == 0 || (id % 5 == 0 && attempt <= 2) {
+    } else if id.is_multiple_of(7) || (id.is_multiple_of(5) && attempt <= 2) {
         Answer::Retry
     } else {
         Answer::Ok
@@ -99,12 +99,12 @@ fn answer(id: u64, attempt: u32) -> Answer {
 
 /// `interested` panics for these.
 fn explodes_interest(id: u64) -> bool {
-    id % 17 == 0 && id > 0
+    id.is_multiple_of(17) && id > 0
 }
 
 /// `handle_events` panics when a batch holds one of these on its first attempt.
 fn explodes_batch(id: u64) -> bool {
-    id % 13 == 0 && id > 0
+    id.is_multiple_of(13) && id > 0
 }
 
 #[derive(Debug, Default)]

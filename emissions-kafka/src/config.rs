@@ -423,23 +423,22 @@ impl KafkaEndpoint {
                 "set a topic, a router or a destination closure",
             ));
         };
-        if let Destination::Topic(topic) = &destination {
-            if topic.is_empty()
+        if let Destination::Topic(topic) = &destination
+            && (topic.is_empty()
                 || topic.len() > 249
                 || !topic
                     .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-            {
-                return Err(self.invalid("topic", format!("`{topic}` is not a valid topic name")));
-            }
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)))
+        {
+            return Err(self.invalid("topic", format!("`{topic}` is not a valid topic name")));
         }
-        if let KeyStrategy::Payload(pointer) = &self.key {
-            if !pointer.starts_with('/') {
-                return Err(self.invalid(
-                    "key",
-                    format!("`{pointer}` is not a JSON pointer (it must start with /)"),
-                ));
-            }
+        if let KeyStrategy::Payload(pointer) = &self.key
+            && !pointer.starts_with('/')
+        {
+            return Err(self.invalid(
+                "key",
+                format!("`{pointer}` is not a JSON pointer (it must start with /)"),
+            ));
         }
         if let Some(ce) = &self.cloudevents {
             if self.value != ValueFormat::Payload {

@@ -441,10 +441,11 @@ fn decode(record: &BorrowedMessage<'_>) -> Option<Event> {
         return envelope::read_binary(attributes, value).ok();
     }
     let (id, name) = (id?, name?);
-    if let Ok(event) = envelope::read_envelope(value) {
-        if event.id() == id && event.name() == name {
-            return Some(event);
-        }
+    if let Ok(event) = envelope::read_envelope(value)
+        && event.id() == id
+        && event.name() == name
+    {
+        return Some(event);
     }
     let time = time.unwrap_or(SystemTime::UNIX_EPOCH);
     Event::restore(id, name, value.to_vec(), metadata, time).ok()

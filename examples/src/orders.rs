@@ -415,7 +415,7 @@ async fn load(args: &Args, drain: bool) -> Result<(), AnyError> {
             item: "widget".into(),
             qty: 1,
         };
-        let roll_back = rollback_every > 0 && n % rollback_every == 0;
+        let roll_back = rollback_every > 0 && n.is_multiple_of(rollback_every);
         if let Err(err) = place_order(&app, &order, roll_back).await {
             eprintln!("order {n}: {err}");
         }

@@ -289,13 +289,13 @@ fn check(
             };
             assert_eq!(owner, customer);
             references.insert(reference.clone());
-            if first_seen.insert(reference.clone()) {
-                if let Some(previous) = last.insert(customer, *position) {
-                    assert!(
-                        previous < *position,
-                        "{destination}: {customer}'s order {position} arrived after {previous}"
-                    );
-                }
+            if first_seen.insert(reference.clone())
+                && let Some(previous) = last.insert(customer, *position)
+            {
+                assert!(
+                    previous < *position,
+                    "{destination}: {customer}'s order {position} arrived after {previous}"
+                );
             }
         }
     }
