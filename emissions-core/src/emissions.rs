@@ -199,6 +199,35 @@ impl Emissions {
         self.inner.engine.pipeline().ledger().report()
     }
 
+    /// Per adapter, what is not finished yet — queued, in flight, waiting for a retry or
+    /// behind its key — and the age of the oldest of it: backlog and lag, read now.
+    ///
+    /// See [`AdapterBacklog`](crate::AdapterBacklog).
+    pub fn backlog(&self) -> Vec<crate::AdapterBacklog> {
+        let pipeline = self.inner.engine.pipeline();
+        let now = std::time::Instant::now();
+        pipeline
+            .lanes()
+            .iter()
+            .enumerate()
+            .map(|(index, lane)| {
+                let (queued, queued_oldest) = lane.pending_in_queue();
+                let (in_flight, waiting, held_oldest) = lane.backlog().pending();
+                let oldest = match (queued_oldest, held_oldest) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                crate::AdapterBacklog {
+                    name: pipeline.ledger().lane_name(index).to_string(),
+                    queued,
+                    in_flight,
+                    waiting,
+                    oldest_pending: oldest.map(|at| now.saturating_duration_since(at)),
+                }
+            })
+            .collect()
+    }
+
     /// Waits until the instance is idle: every committed event has settled at every adapter
     /// (delivered, filtered, failed or dropped) and no handler is running — including the
     /// follow-up events that handlers commit meanwhile. Test helpers use it instead of sleeping.

@@ -169,8 +169,8 @@ pub use handler::{
     CASCADE_DEPTH, CAUSATION_ID, CORRELATION_ID, Handled, Handler, HandlerContext, HandlerOptions,
 };
 pub use ledger::{
-    AdapterReport, CommitOutcome, DeliveryCounts, DeliveryReport, HandlerCounts, HandlerReport,
-    Receipt,
+    AdapterBacklog, AdapterReport, CommitOutcome, DeliveryCounts, DeliveryReport, HandlerCounts,
+    HandlerReport, Receipt,
 };
 pub use options::{
     AdapterOptions, DeadLetter, DeadLetterCause, DeadLetterHook, OverflowPolicy, RetryPolicy,

@@ -8,18 +8,25 @@
 //!
 //! | instrument | kind | attributes |
 //! |---|---|---|
-//! | `emissions.buffer.started` | counter (buffers) | — |
-//! | `emissions.buffer.committed` | counter (events) | — |
-//! | `emissions.buffer.terminated` | counter (buffers) | `reason` |
-//! | `emissions.event.dropped` | counter (events) | `event_name`, `reason`, `adapter` or `handler` |
-//! | `emissions.adapter.success` | histogram (s) | `adapter` |
-//! | `emissions.adapter.error` | histogram (s) | `adapter` |
-//! | `emissions.handler.success` | histogram (s) | `handler`, `event` |
-//! | `emissions.handler.error` | histogram (s) | `handler`, `event` |
-//! | `emissions.handler.ignored` | counter (runs) | `handler`, `event` |
+//! | `emissions.buffer.started` | counter (`{buffer}`) | — |
+//! | `emissions.buffer.committed` | counter (`{event}`) | — |
+//! | `emissions.buffer.terminated` | counter (`{buffer}`) | `reason` |
+//! | `emissions.event.dropped` | counter (`{event}`) | `reason`, `adapter` or `handler`; `event_name` only with [`MetricsOptions::event_name`] |
+//! | `emissions.adapter.duration` | histogram (s): one `handle_events` call | `adapter`, `outcome` (`success`, `error`) |
+//! | `emissions.adapter.latency` | histogram (s): commit → delivered, per call (its oldest event) | `adapter` |
+//! | `emissions.adapter.queued` | gauge (`{event}`): in the queue | `adapter` |
+//! | `emissions.adapter.in_flight` | gauge (`{event}`): in `handle_events` now | `adapter` |
+//! | `emissions.adapter.waiting` | gauge (`{event}`): waiting for a retry or behind their key | `adapter` |
+//! | `emissions.adapter.oldest_pending_age` | gauge (s): the oldest unfinished event's age (0 when none) | `adapter` |
+//! | `emissions.handler.duration` | histogram (s): one run | `handler`, `event`, `outcome` (`success`, `error`) |
+//! | `emissions.handler.ignored` | counter (`{run}`) | `handler`, `event` |
 //!
-//! Error reasons are left out of the attributes: they are free text and would explode
-//! cardinality (they are in the `tracing` events and observer calls).
+//! What to page on: `oldest_pending_age` (lag: an adapter that stopped delivering grows it
+//! steadily), `queued + waiting` (backlog), and `event.dropped` (loss, by reason).
+//!
+//! Error reasons and (by default) event names are left out of the attributes: reasons are free
+//! text and names can be dynamic, either would explode cardinality (both are in the `tracing`
+//! events and observer calls).
 //!
 //! # Trace context
 //!
@@ -68,43 +75,155 @@ struct Instruments {
     buffer_committed: Counter<u64>,
     buffer_terminated: Counter<u64>,
     event_dropped: Counter<u64>,
-    adapter_success: Histogram<f64>,
-    adapter_error: Histogram<f64>,
-    handler_success: Histogram<f64>,
-    handler_error: Histogram<f64>,
+    adapter_duration: Histogram<f64>,
+    adapter_latency: Histogram<f64>,
+    handler_duration: Histogram<f64>,
     handler_ignored: Counter<u64>,
+    options: MetricsOptions,
+}
+
+/// Choices for [`record_metrics_with`].
+#[derive(Clone, Copy, Debug, Default)]
+#[non_exhaustive]
+pub struct MetricsOptions {
+    event_name: bool,
+}
+
+impl MetricsOptions {
+    /// Adds `event_name` to `emissions.event.dropped`: fine when event names are a fixed set,
+    /// not when they are made from data (each name is a time series). Off by default.
+    ///
+    /// ```
+    /// let options = emissions_core::otel::MetricsOptions::default().event_name(true);
+    /// # let _ = options;
+    /// ```
+    pub fn event_name(mut self, on: bool) -> Self {
+        self.event_name = on;
+        self
+    }
 }
 
 fn counter(meter: &Meter, name: &'static str, unit: &'static str) -> Counter<u64> {
     meter.u64_counter(name).with_unit(unit).build()
 }
 
-fn histogram(meter: &Meter, name: &'static str) -> Histogram<f64> {
-    meter.f64_histogram(name).with_unit("s").build()
+/// Bucket bounds in seconds, from a millisecond to ten minutes (the SDK's default bounds are
+/// made for milliseconds).
+const SECONDS: [f64; 16] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 600.0,
+];
+
+fn histogram(meter: &Meter, name: &'static str, description: &'static str) -> Histogram<f64> {
+    meter
+        .f64_histogram(name)
+        .with_unit("s")
+        .with_description(description)
+        .with_boundaries(SECONDS.to_vec())
+        .build()
 }
 
-/// Records every telemetry event of `emissions` through `meter`; returns the observer's id (for
-/// [`Emissions::detach_observer`]).
+/// Records every telemetry event of `emissions` through `meter`, and observes each adapter's
+/// backlog as gauges; returns the observer's id (for [`Emissions::detach_observer`]).
 ///
 /// See the [module docs](crate::otel).
 pub fn record_metrics(emissions: &Emissions, meter: &Meter) -> ObserverId {
+    record_metrics_with(emissions, meter, MetricsOptions::default())
+}
+
+/// [`record_metrics`] with [`MetricsOptions`].
+///
+/// ```
+/// use emissions_core::otel::{record_metrics_with, MetricsOptions};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), emissions_core::Error> {
+/// let emissions = emissions_core::Emissions::builder().start().await?;
+/// let meter = opentelemetry::global::meter("emissions");
+/// record_metrics_with(&emissions, &meter, MetricsOptions::default().event_name(true));
+/// # Ok(()) }
+/// ```
+pub fn record_metrics_with(
+    emissions: &Emissions,
+    meter: &Meter,
+    options: MetricsOptions,
+) -> ObserverId {
     let instruments = Instruments {
         buffer_started: counter(meter, names::BUFFER_STARTED, "{buffer}"),
         buffer_committed: counter(meter, names::BUFFER_COMMITTED, "{event}"),
         buffer_terminated: counter(meter, names::BUFFER_TERMINATED, "{buffer}"),
         event_dropped: counter(meter, names::EVENT_DROPPED, "{event}"),
-        adapter_success: histogram(meter, names::ADAPTER_SUCCESS),
-        adapter_error: histogram(meter, names::ADAPTER_ERROR),
-        handler_success: histogram(meter, names::HANDLER_SUCCESS),
-        handler_error: histogram(meter, names::HANDLER_ERROR),
+        adapter_duration: histogram(
+            meter,
+            "emissions.adapter.duration",
+            "One handle_events call",
+        ),
+        adapter_latency: histogram(
+            meter,
+            "emissions.adapter.latency",
+            "Commit to delivered, per call (its oldest event)",
+        ),
+        handler_duration: histogram(meter, "emissions.handler.duration", "One handler run"),
         handler_ignored: counter(meter, names::HANDLER_IGNORED, "{run}"),
+        options,
     };
+    observe_backlog(emissions, meter);
     emissions.attach_observer(move |event| instruments.record(event))
+}
+
+/// The backlog gauges, read from [`Emissions::backlog`] at each collection (holding the
+/// instance weakly: a dropped instance reports nothing).
+fn observe_backlog(emissions: &Emissions, meter: &Meter) {
+    type Read = fn(&crate::AdapterBacklog) -> u64;
+    let gauges: [(&'static str, &'static str, Read); 3] = [
+        ("emissions.adapter.queued", "Events in the queue", |b| {
+            b.queued as u64
+        }),
+        (
+            "emissions.adapter.in_flight",
+            "Events in handle_events now",
+            |b| b.in_flight as u64,
+        ),
+        (
+            "emissions.adapter.waiting",
+            "Events waiting for a retry or behind their key",
+            |b| b.waiting as u64,
+        ),
+    ];
+    for (name, description, read) in gauges {
+        let weak = emissions.downgrade();
+        meter
+            .u64_observable_gauge(name)
+            .with_unit("{event}")
+            .with_description(description)
+            .with_callback(move |observer| {
+                if let Some(emissions) = weak.upgrade() {
+                    for backlog in emissions.backlog() {
+                        observer.observe(read(&backlog), &[kv(keys::ADAPTER, &backlog.name)]);
+                    }
+                }
+            })
+            .build();
+    }
+    let weak = emissions.downgrade();
+    meter
+        .f64_observable_gauge("emissions.adapter.oldest_pending_age")
+        .with_unit("s")
+        .with_description("Age of the oldest event not yet finished (0 when none)")
+        .with_callback(move |observer| {
+            if let Some(emissions) = weak.upgrade() {
+                for backlog in emissions.backlog() {
+                    let age = backlog.oldest_pending.unwrap_or_default().as_secs_f64();
+                    observer.observe(age, &[kv(keys::ADAPTER, &backlog.name)]);
+                }
+            }
+        })
+        .build();
 }
 
 fn kv(key: &'static str, value: &str) -> KeyValue {
     KeyValue::new(key, value.to_owned())
 }
+
+const OUTCOME: &str = "outcome";
 
 impl Instruments {
     fn record(&self, event: &TelemetryEvent<'_>) {
@@ -122,40 +241,57 @@ impl Instruments {
                 adapter,
                 handler,
             } => {
-                let mut attributes = vec![
-                    kv(keys::EVENT_NAME, event_name),
-                    kv(keys::REASON, reason.as_str()),
-                ];
+                let mut attributes = vec![kv(keys::REASON, reason.as_str())];
+                if self.options.event_name {
+                    attributes.push(kv(keys::EVENT_NAME, event_name));
+                }
                 attributes.extend(adapter.map(|a| kv(keys::ADAPTER, a)));
                 attributes.extend(handler.map(|h| kv(keys::HANDLER, h)));
                 self.event_dropped.add(1, &attributes);
             }
             TelemetryEvent::AdapterSuccess {
-                adapter, duration, ..
-            } => self
-                .adapter_success
-                .record(duration.as_secs_f64(), &[kv(keys::ADAPTER, adapter)]),
+                adapter,
+                duration,
+                latency,
+                ..
+            } => {
+                self.adapter_duration.record(
+                    duration.as_secs_f64(),
+                    &[kv(keys::ADAPTER, adapter), kv(OUTCOME, "success")],
+                );
+                self.adapter_latency
+                    .record(latency.as_secs_f64(), &[kv(keys::ADAPTER, adapter)]);
+            }
             TelemetryEvent::AdapterError {
                 adapter, duration, ..
-            } => self
-                .adapter_error
-                .record(duration.as_secs_f64(), &[kv(keys::ADAPTER, adapter)]),
+            } => self.adapter_duration.record(
+                duration.as_secs_f64(),
+                &[kv(keys::ADAPTER, adapter), kv(OUTCOME, "error")],
+            ),
             TelemetryEvent::HandlerSuccess {
                 handler,
                 event,
                 duration,
-            } => self.handler_success.record(
+            } => self.handler_duration.record(
                 duration.as_secs_f64(),
-                &[kv(keys::HANDLER, handler), kv(keys::EVENT, event)],
+                &[
+                    kv(keys::HANDLER, handler),
+                    kv(keys::EVENT, event),
+                    kv(OUTCOME, "success"),
+                ],
             ),
             TelemetryEvent::HandlerError {
                 handler,
                 event,
                 duration,
                 ..
-            } => self.handler_error.record(
+            } => self.handler_duration.record(
                 duration.as_secs_f64(),
-                &[kv(keys::HANDLER, handler), kv(keys::EVENT, event)],
+                &[
+                    kv(keys::HANDLER, handler),
+                    kv(keys::EVENT, event),
+                    kv(OUTCOME, "error"),
+                ],
             ),
             TelemetryEvent::HandlerIgnored { handler, event } => self
                 .handler_ignored

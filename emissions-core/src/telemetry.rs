@@ -73,6 +73,8 @@ pub mod keys {
     pub const HANDLER: &str = "handler";
     /// Metadata: the handled event's name.
     pub const EVENT: &str = "event";
+    /// Commit → delivered, in nanoseconds (measurement of `emissions.adapter.success`).
+    pub const LATENCY: &str = "latency";
 }
 
 /// Why an event was dropped; `as_str` is the `reason` metadata value.
@@ -199,6 +201,9 @@ pub enum TelemetryEvent<'a> {
         event_count: usize,
         /// Time spent in `handle_events`.
         duration: Duration,
+        /// Commit → delivered: how long ago the oldest event of the call was committed
+        /// (queueing, retries and the call itself).
+        latency: Duration,
     },
     /// `emissions.adapter.error`
     AdapterError {
@@ -280,8 +285,13 @@ impl TelemetryEvent<'_> {
             TelemetryEvent::BufferCommitted { event_count } => {
                 vec![(keys::COUNT, event_count as u64)]
             }
-            TelemetryEvent::AdapterSuccess { duration, .. }
-            | TelemetryEvent::AdapterError { duration, .. }
+            TelemetryEvent::AdapterSuccess {
+                duration, latency, ..
+            } => vec![
+                (keys::DURATION, nanos(duration)),
+                (keys::LATENCY, nanos(latency)),
+            ],
+            TelemetryEvent::AdapterError { duration, .. }
             | TelemetryEvent::HandlerSuccess { duration, .. }
             | TelemetryEvent::HandlerError { duration, .. } => {
                 vec![(keys::DURATION, nanos(duration))]
@@ -403,10 +413,12 @@ pub(crate) fn trace(event: &TelemetryEvent<'_>) {
             adapter,
             event_count,
             duration,
+            latency,
         } => debug!(
             target: "emissions",
             event = name,
             duration = nanos(duration),
+            latency = nanos(latency),
             adapter,
             event_count = event_count as u64
         ),

@@ -86,6 +86,40 @@ fn histogram_count(metrics: &[ResourceMetrics], name: &str, wanted: &[(&str, &st
     total
 }
 
+/// The last value of a u64 gauge whose attributes include `wanted`.
+fn gauge_u64(metrics: &[ResourceMetrics], name: &str, wanted: &[(&str, &str)]) -> Option<u64> {
+    named(metrics, name)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .find_map(|metric| {
+            let AggregatedMetrics::U64(MetricData::Gauge(g)) = metric.data() else {
+                panic!("{name} is not a u64 gauge");
+            };
+            g.data_points()
+                .filter(|p| attrs_match(&mut p.attributes(), wanted))
+                .map(|p| p.value())
+                .last()
+        })
+}
+
+/// The last value of an f64 gauge whose attributes include `wanted`.
+fn gauge_f64(metrics: &[ResourceMetrics], name: &str, wanted: &[(&str, &str)]) -> Option<f64> {
+    named(metrics, name)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .find_map(|metric| {
+            let AggregatedMetrics::F64(MetricData::Gauge(g)) = metric.data() else {
+                panic!("{name} is not an f64 gauge");
+            };
+            g.data_points()
+                .filter(|p| attrs_match(&mut p.attributes(), wanted))
+                .map(|p| p.value())
+                .last()
+        })
+}
+
 #[tokio::test]
 async fn every_telemetry_event_has_an_instrument() {
     let exporter = InMemoryMetricExporter::default();
@@ -145,36 +179,69 @@ async fn every_telemetry_event_has_an_instrument() {
         2
     );
     assert_eq!(
+        counter(&m, "emissions.event.dropped", &[("reason", "no_buffer")]),
+        1
+    );
+    assert_eq!(
+        counter(&m, "emissions.event.dropped", &[("event_name", "stray")]),
+        0,
+        "event names are opt-in"
+    );
+    let duration = |adapter: &'static str, outcome: &'static str| {
+        histogram_count(
+            &m,
+            "emissions.adapter.duration",
+            &[("adapter", adapter), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(duration("kafka", "success"), 1);
+    assert_eq!(duration("kafka", "error"), 1);
+    assert_eq!(duration("handlers", "success"), 1);
+    assert_eq!(
+        histogram_count(&m, "emissions.adapter.latency", &[("adapter", "kafka")]),
+        1
+    );
+    let handler = |h: &'static str, outcome: &'static str| {
+        [
+            ("handler", h),
+            ("event", "order_created"),
+            ("outcome", outcome),
+        ]
+    };
+    assert_eq!(
+        histogram_count(&m, "emissions.handler.duration", &handler("ok", "success")),
+        1
+    );
+    assert_eq!(
+        histogram_count(&m, "emissions.handler.duration", &handler("err", "error")),
+        1
+    );
+    // The backlog gauges, read at collection: everything settled, so all zero.
+    for name in [
+        "emissions.adapter.queued",
+        "emissions.adapter.in_flight",
+        "emissions.adapter.waiting",
+    ] {
+        assert_eq!(
+            gauge_u64(&m, name, &[("adapter", "kafka")]),
+            Some(0),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        gauge_f64(
+            &m,
+            "emissions.adapter.oldest_pending_age",
+            &[("adapter", "kafka")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
         counter(
             &m,
-            "emissions.event.dropped",
-            &[("reason", "no_buffer"), ("event_name", "stray")]
+            "emissions.handler.ignored",
+            &[("handler", "skip"), ("event", "order_created")]
         ),
-        1
-    );
-    assert_eq!(
-        histogram_count(&m, "emissions.adapter.success", &[("adapter", "kafka")]),
-        1
-    );
-    assert_eq!(
-        histogram_count(&m, "emissions.adapter.error", &[("adapter", "kafka")]),
-        1
-    );
-    assert_eq!(
-        histogram_count(&m, "emissions.adapter.success", &[("adapter", "handlers")]),
-        1
-    );
-    let handler = |h: &'static str| [("handler", h), ("event", "order_created")];
-    assert_eq!(
-        histogram_count(&m, "emissions.handler.success", &handler("ok")),
-        1
-    );
-    assert_eq!(
-        histogram_count(&m, "emissions.handler.error", &handler("err")),
-        1
-    );
-    assert_eq!(
-        counter(&m, "emissions.handler.ignored", &handler("skip")),
         1
     );
 }

@@ -722,6 +722,18 @@ fn ci() -> Result<(), String> {
             &[],
         ),
         (
+            "the metrics example: a Prometheus scrape of backlog, lag, duration and latency",
+            &[
+                "run",
+                "--quiet",
+                "-p",
+                "emissions-examples",
+                "--bin",
+                "metrics",
+            ],
+            &[],
+        ),
+        (
             "the webhook example (in memory)",
             &[
                 "run",

@@ -27,7 +27,9 @@ use crate::telemetry::{DropReason, Telemetry, TelemetryEvent};
 use crate::{Event, Failure};
 
 pub use receipt::{CommitOutcome, Receipt};
-pub use report::{AdapterReport, DeliveryCounts, DeliveryReport, HandlerCounts, HandlerReport};
+pub use report::{
+    AdapterBacklog, AdapterReport, DeliveryCounts, DeliveryReport, HandlerCounts, HandlerReport,
+};
 
 /// A final state of one event at one adapter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -212,6 +214,7 @@ impl Ledger {
             awaited: AtomicBool::new(false),
             done: Notify::new(),
             durable: Some(Durable { tokens, sink }),
+            opened: std::time::Instant::now(),
         })
     }
 
@@ -231,6 +234,7 @@ impl Ledger {
             awaited: AtomicBool::new(false),
             done: Notify::new(),
             durable: None,
+            opened: std::time::Instant::now(),
         })
     }
 
@@ -465,6 +469,8 @@ pub(crate) struct Commit {
     done: Notify,
     /// Set for attempts handed over by a durable store.
     durable: Option<Durable>,
+    /// When it was recorded (for the age of what is pending).
+    opened: std::time::Instant,
 }
 
 /// What a durable store needs back: per event, its id in the store and the attempts it had
@@ -489,6 +495,11 @@ impl Commit {
 
     pub(crate) fn ledger(&self) -> &Arc<Ledger> {
         &self.ledger
+    }
+
+    /// When the commit was recorded.
+    pub(crate) fn opened(&self) -> std::time::Instant {
+        self.opened
     }
 
     pub(crate) fn is_durable(&self) -> bool {

@@ -141,6 +141,36 @@ pub struct AdapterReport {
     pub deadline_exceeded: bool,
 }
 
+/// What one adapter has not finished yet, from
+/// [`Emissions::backlog`](crate::Emissions::backlog): the figures an on-call engineer watches.
+///
+/// ```
+/// # use emissions_core::Emissions;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), emissions_core::Error> {
+/// # let emissions = Emissions::builder().adapter(emissions_core::Named::new("kafka", emissions_testing::TestAdapter::new()))?.start().await?;
+/// for adapter in emissions.backlog() {
+///     let age = adapter.oldest_pending.unwrap_or_default();
+///     println!("{}: {} queued, {} in flight, {} waiting, oldest {age:?}",
+///         adapter.name, adapter.queued, adapter.in_flight, adapter.waiting);
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AdapterBacklog {
+    /// The adapter's registered name.
+    pub name: String,
+    /// Events in its queue, not yet taken by its consumer.
+    pub queued: usize,
+    /// Events handed to `handle_events` and not answered yet.
+    pub in_flight: usize,
+    /// Events waiting beside the queue: for a retry, or behind an earlier event of their key.
+    pub waiting: usize,
+    /// How long ago the oldest of those events was committed (`None`: nothing pending).
+    pub oldest_pending: Option<std::time::Duration>,
+}
+
 /// Per-adapter accounting: from [`Emissions::stats`](crate::Emissions::stats) while running, and
 /// from [`Emissions::shutdown`](crate::Emissions::shutdown) at the end.
 ///

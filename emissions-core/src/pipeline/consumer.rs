@@ -338,12 +338,20 @@ impl Consumer {
         };
         let failed_count = failed.iter().filter(|f| f.is_some()).count();
         if failed_count < count {
+            // The batch's oldest commit (an upper bound for what the call delivered).
+            let latency = batch
+                .iter()
+                .map(Segment::opened)
+                .min()
+                .map(|at| at.elapsed())
+                .unwrap_or_default();
             self.ledger
                 .telemetry()
                 .emit(&TelemetryEvent::AdapterSuccess {
                     adapter,
                     event_count: count - failed_count,
                     duration,
+                    latency,
                 });
         }
         if let Some(first) = failures.first() {

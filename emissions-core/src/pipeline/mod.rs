@@ -58,6 +58,11 @@ impl Lane {
         self.index
     }
 
+    /// Events in this lane's queue, and when the oldest was committed.
+    pub(crate) fn pending_in_queue(&self) -> (usize, Option<std::time::Instant>) {
+        self.inbox.pending()
+    }
+
     pub(crate) fn backlog(&self) -> MutexGuard<'_, Backlog> {
         self.backlog.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -229,6 +229,14 @@ impl Inbox {
         state.closed && state.len == 0
     }
 
+    /// Events queued, and when the oldest of them was committed (the queue is in commit
+    /// order).
+    pub(crate) fn pending(&self) -> (usize, Option<std::time::Instant>) {
+        let state = self.state();
+        let events = state.segments.iter().map(Segment::len).sum();
+        (events, state.segments.front().map(Segment::opened))
+    }
+
     /// Takes everything queued.
     pub(crate) fn drain(&self) -> Vec<Segment> {
         let mut state = self.state();

@@ -109,6 +109,21 @@ impl Backlog {
         self.waiting
     }
 
+    /// Events in flight, events waiting (for a retry, behind their key, or ready), and when
+    /// the oldest of all of them was committed.
+    pub(crate) fn pending(&self) -> (usize, usize, Option<std::time::Instant>) {
+        let in_flight = self.in_flight.iter().map(Segment::len).sum();
+        let oldest = self
+            .in_flight
+            .iter()
+            .chain(self.retries.iter().map(|Reverse(due)| &due.segment))
+            .chain(self.busy.values().flatten())
+            .chain(self.ready.iter())
+            .map(Segment::opened)
+            .min();
+        (in_flight, self.waiting, oldest)
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.waiting == 0 && self.in_flight.is_empty()
     }

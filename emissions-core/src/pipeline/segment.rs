@@ -41,6 +41,11 @@ impl fmt::Debug for Segment {
 }
 
 impl Segment {
+    /// When its commit was recorded.
+    pub(crate) fn opened(&self) -> std::time::Instant {
+        self.commit.opened()
+    }
+
     /// All of `commit`'s events, for `lane`.
     pub(crate) fn new(commit: Arc<Commit>, lane: usize) -> Self {
         let end = commit.events().len();
