@@ -26,7 +26,7 @@ pub const SPEC_VERSION: &str = "1.0";
 const LEFTOVER: &str = "metadata";
 
 /// The event's W3C trace context (the `traceparent` and `tracestate` metadata entries that are
-/// strings), as adapters forward it in headers.
+/// strings of printable ASCII), as adapters forward it in headers.
 ///
 /// ```
 /// use emissions_core::{Event, Metadata, envelope::trace_context};
@@ -42,11 +42,30 @@ pub fn trace_context(event: &Event) -> impl Iterator<Item = (&'static str, &str)
             .metadata()
             .get(key)
             .and_then(|v| v.as_str())
+            // W3C trace context is printable ASCII; anything else is not forwarded as such.
+            .filter(|value| value.bytes().all(|b| (0x20..0x7f).contains(&b)))
             .map(|value| (key, value))
     })
 }
 
-/// `time` as RFC 3339 in UTC with microseconds, as every envelope writes it.
+/// The latest time RFC 3339 can write: 9999-12-31T23:59:59.999999Z.
+fn latest() -> SystemTime {
+    SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(253_402_300_799_999_999)
+}
+
+/// Whether `time` is one every wire can write (1970-01-01 to 9999-12-31, UTC).
+pub(crate) fn in_range(time: SystemTime) -> bool {
+    time >= SystemTime::UNIX_EPOCH && time <= latest()
+}
+
+/// The control characters CloudEvents forbids in String attributes (and no header wants).
+pub(crate) fn is_control(c: char) -> bool {
+    matches!(c as u32, 0x00..=0x1f | 0x7f..=0x9f)
+}
+
+/// `time` as RFC 3339 in UTC with microseconds, as every envelope writes it. Total: a time
+/// before 1970 or after 9999 (which events never have: [`Event::restore`] refuses them) is
+/// written as the nearest end of that range.
 ///
 /// ```
 /// use std::time::{Duration, UNIX_EPOCH};
@@ -54,6 +73,7 @@ pub fn trace_context(event: &Event) -> impl Iterator<Item = (&'static str, &str)
 /// assert_eq!(emissions_core::envelope::rfc3339(t), "2023-11-14T22:13:20.123456Z");
 /// ```
 pub fn rfc3339(time: SystemTime) -> String {
+    let time = time.clamp(SystemTime::UNIX_EPOCH, latest());
     humantime::format_rfc3339_micros(time).to_string()
 }
 
@@ -133,9 +153,10 @@ pub enum ContentMode {
 ///
 /// Attributes: `id` = the event id, `type` = the event name, `time` = the emit time,
 /// `datacontenttype` = `application/json`, `data` = the payload as emitted. Metadata entries
-/// become attributes where CloudEvents allows it: a `subject` string becomes `subject`, and an
-/// entry whose name is 1–20 lowercase letters or digits and whose value is a string, a boolean
-/// or a 32-bit integer becomes an extension attribute of that name — so `traceparent` and
+/// become attributes where CloudEvents allows it: a non-empty `subject` string becomes `subject`, and an
+/// entry whose name is 1–20 lowercase letters or digits and whose value is a string (without
+/// control characters), a boolean or a 32-bit integer becomes an extension attribute of that
+/// name — so `traceparent` and
 /// `tracestate` form the distributed-tracing extension. The other entries are not dropped:
 /// they travel together as JSON text in the `metadata` extension attribute.
 ///
@@ -219,6 +240,7 @@ impl CloudEvents {
         CloudEvent {
             event,
             source: &self.source,
+            partition_key: None,
         }
     }
 }
@@ -260,6 +282,7 @@ impl Serialize for AttributeValue<'_> {
 pub struct CloudEvent<'a> {
     event: &'a Event,
     source: &'a str,
+    partition_key: Option<&'a str>,
 }
 
 impl fmt::Debug for CloudEvent<'_> {
@@ -273,7 +296,7 @@ impl fmt::Debug for CloudEvent<'_> {
 
 /// A metadata entry name CloudEvents accepts as an extension attribute of our own choosing.
 fn extension_name(name: &str) -> bool {
-    const CONTEXT: [&str; 10] = [
+    const CONTEXT: [&str; 11] = [
         "specversion",
         "id",
         "source",
@@ -284,6 +307,8 @@ fn extension_name(name: &str) -> bool {
         "time",
         "data",
         LEFTOVER,
+        // Set from the Kafka record key (`CloudEvent::with_partition_key`), never from metadata.
+        "partitionkey",
     ];
     (1..=20).contains(&name.len())
         && name
@@ -294,7 +319,9 @@ fn extension_name(name: &str) -> bool {
 
 fn extension_value(value: &serde_json::Value) -> Option<AttributeValue<'_>> {
     match value {
-        serde_json::Value::String(s) => Some(AttributeValue::Text(Cow::Borrowed(s))),
+        serde_json::Value::String(s) if !s.chars().any(is_control) => {
+            Some(AttributeValue::Text(Cow::Borrowed(s)))
+        }
         serde_json::Value::Bool(b) => Some(AttributeValue::Boolean(*b)),
         serde_json::Value::Number(n) => n
             .as_i64()
@@ -305,6 +332,22 @@ fn extension_value(value: &serde_json::Value) -> Option<AttributeValue<'_>> {
 }
 
 impl<'a> CloudEvent<'a> {
+    /// With the `partitionkey` extension (the Kafka binding's: the record key, as text). A
+    /// metadata entry of that name never becomes the attribute; it travels in `metadata`.
+    ///
+    /// ```
+    /// use emissions_core::{CloudEvents, Event, Metadata};
+    /// let e = Event::new("a", &1, Metadata::new())?;
+    /// let ce = CloudEvents::binary("/svc");
+    /// let attributes = ce.event(&e).with_partition_key("order-7").attributes();
+    /// assert!(attributes.iter().any(|(n, v)| *n == "partitionkey" && v.as_text() == "order-7"));
+    /// # Ok::<(), emissions_core::Error>(())
+    /// ```
+    pub fn with_partition_key(mut self, key: &'a str) -> Self {
+        self.partition_key = Some(key).filter(|k| !k.is_empty() && !k.chars().any(is_control));
+        self
+    }
+
     /// Every attribute except `datacontenttype` (a binary mode's content type) and `data`,
     /// in a fixed order: `specversion`, `id`, `source`, `type`, `time`, then `subject` and the
     /// extensions as the metadata has them, then `metadata` for the entries left over.
@@ -336,7 +379,12 @@ impl<'a> CloudEvent<'a> {
         let mut leftover = crate::Metadata::new();
         for (name, value) in event.metadata() {
             let attribute = match (name.as_str(), value) {
-                ("subject", serde_json::Value::String(s)) => Some(text(s)),
+                // CloudEvents: a subject, when present, is a non-empty string.
+                ("subject", serde_json::Value::String(s))
+                    if !s.is_empty() && !s.chars().any(is_control) =>
+                {
+                    Some(text(s))
+                }
                 (name, value) if extension_name(name) => extension_value(value),
                 _ => None,
             };
@@ -347,8 +395,22 @@ impl<'a> CloudEvent<'a> {
                 }
             }
         }
+        if let Some(key) = self.partition_key {
+            attributes.push(("partitionkey", text(key)));
+        }
         if !leftover.is_empty() {
-            let json = serde_json::Value::Object(leftover).to_string();
+            // serde_json escapes U+0000–U+001F; DEL and the C1 controls are escaped here, so
+            // that the attribute holds no control character at all.
+            let mut json = serde_json::Value::Object(leftover).to_string();
+            if json.chars().any(is_control) {
+                json = json
+                    .chars()
+                    .map(|c| match c as u32 {
+                        code @ 0x7f..=0x9f => format!("\\u{code:04x}"),
+                        _ => c.to_string(),
+                    })
+                    .collect();
+            }
             attributes.push((LEFTOVER, AttributeValue::Text(Cow::Owned(json))));
         }
         attributes
@@ -687,6 +749,71 @@ mod tests {
         assert!(
             read_structured(&e.envelope().to_vec()).is_err(),
             "no specversion"
+        );
+    }
+
+    #[test]
+    fn control_characters_never_reach_an_attribute_and_times_stay_in_range() {
+        let e = event(json!({"tenant": "acme\r\nce-id: forged", "subject": "a\u{0}b\u{85}"}));
+        let ce = CloudEvents::binary("/svc");
+        let attributes = ce.event(&e).attributes();
+        for (name, value) in &attributes {
+            assert!(
+                !value.as_text().chars().any(is_control),
+                "{name}: {value:?}"
+            );
+        }
+        let leftover: serde_json::Value = serde_json::from_str(
+            &attributes
+                .iter()
+                .find(|(n, _)| *n == "metadata")
+                .unwrap()
+                .1
+                .as_text(),
+        )
+        .unwrap();
+        assert_eq!(leftover["tenant"], "acme\r\nce-id: forged");
+        assert_eq!(leftover["subject"], "a\u{0}b\u{85}");
+        let before = SystemTime::UNIX_EPOCH - std::time::Duration::from_secs(1);
+        assert_eq!(rfc3339(before), "1970-01-01T00:00:00.000000Z");
+        let after = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(253_402_300_900);
+        assert_eq!(rfc3339(after), "9999-12-31T23:59:59.999999Z");
+        assert!(matches!(
+            Event::new("evil\r\nX-Injected: 1", &1, Metadata::new()),
+            Err(Error::InvalidName { .. })
+        ));
+        assert!(matches!(
+            Event::restore(e.id(), "a".into(), b"1".to_vec(), Metadata::new(), before),
+            Err(Error::InvalidTime { .. })
+        ));
+        assert!(matches!(
+            Event::restore(e.id(), "a".into(), b"1".to_vec(), Metadata::new(), after),
+            Err(Error::InvalidTime { .. })
+        ));
+    }
+
+    #[test]
+    fn an_empty_subject_a_metadata_partitionkey_and_non_ascii_trace_context_stay_in_metadata() {
+        let e = event(json!({
+            "subject": "",
+            "partitionkey": "customer-9",
+            "tracestate": "vendor=é",
+            "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        }));
+        let ce = CloudEvents::structured("/svc");
+        let v: serde_json::Value =
+            serde_json::from_slice(&ce.event(&e).with_partition_key("o-1").to_vec()).unwrap();
+        assert!(v.get("subject").is_none(), "{v}");
+        assert_eq!(v["partitionkey"], "o-1");
+        let leftover: serde_json::Value =
+            serde_json::from_str(v["metadata"].as_str().unwrap()).unwrap();
+        assert_eq!(leftover["subject"], "");
+        assert_eq!(leftover["partitionkey"], "customer-9");
+        let forwarded: Vec<_> = trace_context(&e).map(|(k, _)| k).collect();
+        assert_eq!(
+            forwarded,
+            ["traceparent"],
+            "a non-ASCII tracestate is not a header"
         );
     }
 }

@@ -71,6 +71,21 @@ pub enum Error {
     /// Event names must not be empty.
     #[error("event name must not be empty")]
     EmptyName,
+    /// Event names must not contain control characters (U+0000–U+001F, U+007F–U+009F): every
+    /// wire carries the name as text (a header, a CloudEvents `type`), where they are
+    /// forbidden or dangerous.
+    #[error("event name {name:?} contains control characters")]
+    InvalidName {
+        /// The name as given.
+        name: String,
+    },
+    /// An emit time read back from a store lies outside what every wire can write
+    /// (1970-01-01 to 9999-12-31, UTC).
+    #[error("emit time of event `{name}` is outside 1970–9999")]
+    InvalidTime {
+        /// The event's name.
+        name: String,
+    },
     /// The buffer was already committed or terminated.
     #[error("buffer is {state}")]
     BufferClosed {

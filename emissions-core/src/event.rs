@@ -38,6 +38,19 @@ fn time_ordered_id(at: SystemTime) -> Uuid {
     Uuid::from_u64_pair(high, low)
 }
 
+/// A name every wire can carry: not empty, no control characters.
+fn check_name(name: &str) -> Result<(), Error> {
+    if name.is_empty() {
+        return Err(Error::EmptyName);
+    }
+    if name.chars().any(crate::envelope::is_control) {
+        return Err(Error::InvalidName {
+            name: name.to_owned(),
+        });
+    }
+    Ok(())
+}
+
 /// Event metadata: string keys to JSON values.
 pub type Metadata = serde_json::Map<String, serde_json::Value>;
 
@@ -74,7 +87,8 @@ struct EventInner {
 }
 
 impl Event {
-    /// Creates an event, serializing `payload` now. Fails with [`Error::EmptyName`] or
+    /// Creates an event, serializing `payload` now. Fails with [`Error::EmptyName`],
+    /// [`Error::InvalidName`] (control characters in the name) or
     /// [`Error::Serialize`]. With the `opentelemetry` feature, the current trace context is
     /// added to the metadata as `traceparent`/`tracestate`.
     ///
@@ -93,9 +107,7 @@ impl Event {
         P: Serialize + ?Sized,
     {
         let name = name.into();
-        if name.is_empty() {
-            return Err(Error::EmptyName);
-        }
+        check_name(&name)?;
         let payload = match serde_json::value::to_raw_value(payload) {
             Ok(raw) => raw,
             Err(source) => {
@@ -121,7 +133,8 @@ impl Event {
     }
 
     /// An event as it was emitted, read back from a durable store: same id, name, payload bytes,
-    /// metadata and emit time. Fails with [`Error::EmptyName`], or [`Error::InvalidPayload`]
+    /// metadata and emit time. Fails with [`Error::EmptyName`], [`Error::InvalidName`],
+    /// [`Error::InvalidTime`] (an emit time outside 1970–9999), or [`Error::InvalidPayload`]
     /// when `payload` is not JSON (a corrupted store row, say).
     ///
     /// ```
@@ -145,8 +158,9 @@ impl Event {
         metadata: Metadata,
         emitted_at: SystemTime,
     ) -> Result<Self, Error> {
-        if name.is_empty() {
-            return Err(Error::EmptyName);
+        check_name(&name)?;
+        if !crate::envelope::in_range(emitted_at) {
+            return Err(Error::InvalidTime { name });
         }
         let invalid = |source| Error::InvalidPayload {
             name: name.clone(),

@@ -65,6 +65,7 @@ pub(crate) fn record(
     let topic = destination.topic(event).ok_or_else(|| Error::NoTopic {
         event: event.name().to_owned(),
     })?;
+    let key = key(strategy, event);
     let mut headers: Vec<(Cow<'static, str>, String)> = Vec::with_capacity(8);
     let value = match wire {
         Wire::Plain(format) => {
@@ -82,22 +83,29 @@ pub(crate) fn record(
                 ValueFormat::Envelope => event.envelope().to_vec(),
             }
         }
-        Wire::CloudEvents(ce) => match ce.mode() {
-            ContentMode::Binary => {
-                for (name, value) in ce.event(event).attributes() {
-                    headers.push((format!("ce_{name}").into(), value.as_text().into_owned()));
+        Wire::CloudEvents(ce) => {
+            // The binding's `partitionkey` is the record key.
+            let mut cloudevent = ce.event(event);
+            if let Some(text) = key.as_deref().and_then(|k| std::str::from_utf8(k).ok()) {
+                cloudevent = cloudevent.with_partition_key(text);
+            }
+            match ce.mode() {
+                ContentMode::Binary => {
+                    for (name, value) in cloudevent.attributes() {
+                        headers.push((format!("ce_{name}").into(), value.as_text().into_owned()));
+                    }
+                    headers.push((headers::CONTENT_TYPE.into(), JSON.to_owned()));
+                    event.payload().to_vec()
                 }
-                headers.push((headers::CONTENT_TYPE.into(), JSON.to_owned()));
-                event.payload().to_vec()
+                ContentMode::Structured => {
+                    headers.push((
+                        headers::CONTENT_TYPE.into(),
+                        "application/cloudevents+json".to_owned(),
+                    ));
+                    cloudevent.to_vec()
+                }
             }
-            ContentMode::Structured => {
-                headers.push((
-                    headers::CONTENT_TYPE.into(),
-                    "application/cloudevents+json".to_owned(),
-                ));
-                ce.event(event).to_vec()
-            }
-        },
+        }
     };
     let timestamp_ms = event
         .emitted_at()
@@ -106,7 +114,7 @@ pub(crate) fn record(
         .unwrap_or(0);
     Ok(Record {
         topic,
-        key: key(strategy, event),
+        key,
         value,
         headers,
         timestamp_ms,
@@ -229,6 +237,11 @@ mod tests {
         assert_eq!(header("ce_source"), Some("/orders"));
         assert_eq!(header("ce_type"), Some("order_created"));
         assert_eq!(header("ce_shard"), Some("7"));
+        assert_eq!(
+            header("ce_partitionkey"),
+            Some(e.id().to_string().as_str()),
+            "the binding's partition key is the record key"
+        );
         assert_eq!(header("ce_metadata"), Some(r#"{"order_id":"o-42"}"#));
         assert!(header("ce_traceparent").is_some());
         assert_eq!(header("content-type"), Some("application/json"));
@@ -246,7 +259,12 @@ mod tests {
             &e,
         )
         .unwrap();
-        assert_eq!(r.value, ce.event(&e).to_vec());
+        assert_eq!(
+            r.value,
+            ce.event(&e)
+                .with_partition_key(&e.id().to_string())
+                .to_vec()
+        );
         assert_eq!(
             r.headers,
             [(

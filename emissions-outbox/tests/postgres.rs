@@ -397,9 +397,24 @@ async fn a_refused_commit_leaves_the_callers_transaction_usable_and_large_ones_a
         .execute(&mut *tx)
         .await
         .unwrap();
-    // PostgreSQL text cannot hold NUL: the database refuses the event's name.
+    // The database refuses the event's row (a trigger of the application's, say).
+    sqlx::query(
+        "CREATE FUNCTION refuse_event() RETURNS trigger AS $$ BEGIN \
+         IF NEW.name = 'refused' THEN RAISE EXCEPTION 'refused by a trigger'; END IF; \
+         RETURN NEW; END $$ LANGUAGE plpgsql",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER refuse_event BEFORE INSERT ON emissions_outbox_events \
+         FOR EACH ROW EXECUTE FUNCTION refuse_event()",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
     let refused = emissions.start();
-    refused.emit("bad\0name", &json!({"n": 0})).unwrap();
+    refused.emit("refused", &json!({"n": 0})).unwrap();
     let err = refused.commit_in(&mut tx).await.unwrap_err();
     assert!(matches!(err, emissions_outbox::Error::Database(_)), "{err}");
     assert_eq!(refused.state(), emissions_core::BufferState::Open);

@@ -5,7 +5,6 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use emissions_core::envelope::ContentMode;
 use emissions_core::{
     AdapterOptions, CloudEvents, DeadLetter, Event, IntoAdapter, Registration, RetryPolicy,
     TopicRouter,
@@ -194,7 +193,9 @@ impl WebhookEndpoint {
     /// `application/cloudevents+json`, so the Standard Webhooks signature covers every
     /// attribute; `webhook-id` equals the CloudEvents `id`. **Binary** mode POSTs the payload
     /// as emitted with the attributes in percent-encoded `ce-*` headers, which the signature
-    /// does not cover. See [`CloudEvents`] for how metadata maps to attributes.
+    /// does not cover — one header per metadata entry that becomes an attribute, so keep
+    /// binary mode for small metadata (receivers cap the number and size of headers, hyper at
+    /// 100). See [`CloudEvents`] for how metadata maps to attributes.
     ///
     /// ```
     /// use emissions_core::CloudEvents;
@@ -410,9 +411,10 @@ impl WebhookEndpoint {
         for (name, value) in &self.headers {
             let header = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| self.invalid("headers", format!("`{name}` is not a header name")))?;
-            let cloudevent_attribute = self.cloudevents.as_ref().map(CloudEvents::mode)
-                == Some(ContentMode::Binary)
-                && header.as_str().starts_with("ce-");
+            // With CloudEvents on, a `ce-` header is an attribute (binary mode) or makes a
+            // receiver read the request as binary mode (structured): the adapter's own.
+            let cloudevent_attribute =
+                self.cloudevents.is_some() && header.as_str().starts_with("ce-");
             if header == http::header::CONTENT_TYPE
                 || header.as_str().starts_with("webhook-")
                 || cloudevent_attribute
@@ -466,11 +468,13 @@ impl WebhookEndpoint {
                         reqwest::Proxy::all(proxy.as_str())
                             .map_err(|e| self.invalid("proxy", format!("`{proxy}`: {e}")))?,
                     ),
-                    None => builder.no_proxy().dns_resolver(Arc::new(GuardedResolver {
-                        policy: Arc::new(self.address_policy.clone()),
-                        // Within the connect timeout, so that it, not the timeout, answers.
-                        bound: (self.connect_timeout / 2).min(Duration::from_secs(3)),
-                    })),
+                    None => builder
+                        .no_proxy()
+                        .dns_resolver(Arc::new(GuardedResolver::new(
+                            self.address_policy.clone(),
+                            // Within the connect timeout, so that it, not the timeout, answers.
+                            (self.connect_timeout / 2).min(Duration::from_secs(3)),
+                        ))),
                 };
                 builder
                     .build()

@@ -5,8 +5,10 @@
 //! literal-IP URLs are checked when the endpoint is built. Proxies from the environment are not
 //! used.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use ipnet::IpNet;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
@@ -150,22 +152,61 @@ pub(crate) fn check_literal(policy: &AddressPolicy, url: &reqwest::Url) -> Resul
     }
 }
 
-/// A resolver that keeps only the addresses the policy permits. A name that does not resolve
-/// is asked again, with backoff, for at most `bound`, then fails as
-/// [`Error::Unresolvable`] — a permanent failure, not a retry on the endpoint's schedule.
+/// A resolver that keeps only the addresses the policy permits. A name that does not exist
+/// (the resolver says so: NXDOMAIN, or no address) is asked again, with backoff, for at most
+/// `bound`, then fails as [`Error::Unresolvable`] — a permanent failure, not a retry on the
+/// endpoint's schedule — and is remembered as such for [`NEGATIVE_TTL`], so that a backlog
+/// for it fails at once instead of one bound per event. Any other resolver failure (a
+/// temporary failure, a lookup that does not finish) is a transport error, retried on the
+/// schedule: a DNS outage never dead-letters events.
 #[derive(Debug)]
 pub(crate) struct GuardedResolver {
     pub(crate) policy: Arc<AddressPolicy>,
     pub(crate) bound: std::time::Duration,
+    pub(crate) unresolvable: Arc<Mutex<HashMap<String, (Instant, String)>>>,
+}
+
+/// How long a name found not to exist is remembered.
+pub(crate) const NEGATIVE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl GuardedResolver {
+    pub(crate) fn new(policy: AddressPolicy, bound: std::time::Duration) -> Self {
+        GuardedResolver {
+            policy: Arc::new(policy),
+            bound,
+            unresolvable: Arc::default(),
+        }
+    }
 }
 
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let policy = self.policy.clone();
         let bound = self.bound;
+        let unresolvable = self.unresolvable.clone();
         Box::pin(async move {
             let host = name.as_str().to_owned();
-            let resolved = lookup(&host, bound).await?;
+            let known = {
+                let mut known = unresolvable.lock().unwrap_or_else(|e| e.into_inner());
+                known.retain(|_, (at, _)| at.elapsed() < NEGATIVE_TTL);
+                known.get(&host).map(|(_, reason)| reason.clone())
+            };
+            if let Some(reason) = known {
+                return Err(Box::new(Error::Unresolvable { host, reason }) as _);
+            }
+            let resolved = match lookup(&host, bound).await {
+                Ok(resolved) => resolved,
+                Err(Lookup::Missing(reason)) => {
+                    unresolvable
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(host.clone(), (Instant::now(), reason.clone()));
+                    return Err(Box::new(Error::Unresolvable { host, reason }) as _);
+                }
+                Err(Lookup::Failed(reason)) => {
+                    return Err(format!("resolving {host}: {reason}").into());
+                }
+            };
             let permitted: Vec<SocketAddr> = resolved
                 .iter()
                 .copied()
@@ -182,28 +223,47 @@ impl Resolve for GuardedResolver {
     }
 }
 
+/// Why a lookup gave no address.
+enum Lookup {
+    /// The name does not exist, or has no address: permanent.
+    Missing(String),
+    /// Anything else (a temporary failure, no answer in time): worth retrying later.
+    Failed(String),
+}
+
+/// Whether the resolver's error says the name does not exist (glibc's EAI_NONAME and
+/// EAI_NODATA, and their BSD wording), as opposed to a failure to find out.
+fn does_not_exist(message: &str) -> bool {
+    [
+        "Name or service not known",
+        "No address associated with hostname",
+        "nodename nor servname provided",
+    ]
+    .iter()
+    .any(|m| message.contains(m))
+}
+
 /// Looks `host` up, again after 100 ms, 200 ms, … while `bound` lasts.
-async fn lookup(host: &str, bound: std::time::Duration) -> Result<Vec<SocketAddr>, Error> {
+async fn lookup(host: &str, bound: std::time::Duration) -> Result<Vec<SocketAddr>, Lookup> {
     let deadline = tokio::time::Instant::now() + bound;
     let mut pause = std::time::Duration::from_millis(100);
     loop {
-        let reason =
-            match tokio::time::timeout_at(deadline, tokio::net::lookup_host((host, 0))).await {
-                Ok(Ok(addrs)) => {
-                    let addrs: Vec<SocketAddr> = addrs.collect();
-                    if !addrs.is_empty() {
-                        return Ok(addrs);
-                    }
-                    "no address".to_owned()
+        let failure = match tokio::time::timeout_at(deadline, tokio::net::lookup_host((host, 0)))
+            .await
+        {
+            Ok(Ok(addrs)) => {
+                let addrs: Vec<SocketAddr> = addrs.collect();
+                if !addrs.is_empty() {
+                    return Ok(addrs);
                 }
-                Ok(Err(err)) => err.to_string(),
-                Err(_) => "the lookup did not finish".to_owned(),
-            };
+                Lookup::Missing("no address".to_owned())
+            }
+            Ok(Err(err)) if does_not_exist(&err.to_string()) => Lookup::Missing(err.to_string()),
+            Ok(Err(err)) => Lookup::Failed(err.to_string()),
+            Err(_) => Lookup::Failed("the lookup did not finish in time".to_owned()),
+        };
         if tokio::time::Instant::now() + pause >= deadline {
-            return Err(Error::Unresolvable {
-                host: host.to_owned(),
-                reason,
-            });
+            return Err(failure);
         }
         tokio::time::sleep(pause).await;
         pause *= 2;
@@ -311,5 +371,16 @@ mod tests {
         }
         let parsed = reqwest::Url::parse("https://hooks.example.com/x").unwrap();
         assert!(check_literal(&strict, &parsed).is_ok());
+    }
+
+    #[test]
+    fn only_a_name_that_does_not_exist_is_permanent() {
+        assert!(does_not_exist(
+            "failed to lookup address information: Name or service not known"
+        ));
+        assert!(does_not_exist("No address associated with hostname"));
+        assert!(!does_not_exist(
+            "failed to lookup address information: Temporary failure in name resolution"
+        ));
     }
 }

@@ -130,6 +130,45 @@ async fn a_host_name_that_does_not_resolve_fails_at_once_instead_of_waiting_out_
 }
 
 #[tokio::test]
+async fn a_backlog_for_a_name_that_does_not_resolve_fails_at_once_after_the_first() {
+    let (dead, hook) = dead_letters();
+    let emissions = Emissions::builder()
+        .adapter(
+            WebhookEndpoint::new("gone", "http://tenant-gone-too.invalid/hooks")
+                .secret(SECRET)
+                .dead_letter(hook),
+        )
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    let buffer = emissions.start();
+    for n in 0..20 {
+        buffer.emit("a", &n).unwrap();
+    }
+    let started = std::time::Instant::now();
+    let outcome = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        buffer.commit().await.unwrap().settled(),
+    )
+    .await
+    .expect("settled");
+    assert_eq!(outcome.adapter("gone").unwrap().failed, 20);
+    // One resolve bound (under 3 s), then the remembered answer: not twenty bounds in a row.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        dead.lock()
+            .unwrap()
+            .iter()
+            .all(|d| d.2.contains("does not resolve"))
+    );
+}
+
+#[tokio::test]
 async fn through_an_egress_proxy_the_proxy_resolves_the_name() {
     // A real HTTP server on loopback plays the proxy: the request reaches it in absolute form,
     // for a host name that does not resolve here.
