@@ -170,14 +170,20 @@ fn a_source_that_is_not_a_uri_reference_is_a_config_error_naming_the_endpoint() 
             .starts_with("webhook endpoint `crm`: invalid `cloudevents`: source"),
         "{err}"
     );
-    let err = endpoint("crm", "http://127.0.0.1:9/")
-        .cloudevents(CloudEvents::binary("/orders"))
-        .header("ce-source", "/spoofed")
-        .build()
-        .unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("`ce-source` is set by the adapter"),
-        "{err}"
-    );
+    for ce in [
+        CloudEvents::binary("/orders"),
+        CloudEvents::structured("/orders"),
+    ] {
+        // Binary: it would be an attribute; structured: a receiver would read binary mode.
+        let err = endpoint("crm", "http://127.0.0.1:9/")
+            .cloudevents(ce)
+            .header("ce-source", "/spoofed")
+            .build()
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("`ce-source` is set by the adapter"),
+            "{err}"
+        );
+    }
 }
