@@ -42,14 +42,21 @@ commands:
                  missing; initdb under target/postgres, a free loopback port) and print the
                  EMISSIONS_DATABASE_URL value to use
   db stop        stop it
-  ci    provisions what the tests need (Chromium for the browser check, a local broker unless EMISSIONS_KAFKA_BROKERS is set,
-        a second broker behind a TLS proxy,
-        a throwaway PostgreSQL unless EMISSIONS_DATABASE_URL is set, and
-        the Python `standardwebhooks` and `cloudevents` packages, into target/python), then: fmt check, clippy (-D warnings, all targets, the CI features), every
-        test (unit, integration, property, doc) with the CI features — every feature but the
-        Kafka ones that need system libraries — and core's with none, cargo
-        doc with warnings denied, cargo package of every library crate (verified), and the
-        README's main command";
+  ci             every check CI runs, in order:
+                 - the MSRV claim (rust-version = the toolchain building it);
+                 - provisions: cargo-deny, the Python `standardwebhooks` and `cloudevents`
+                   packages (target/python), a local broker unless EMISSIONS_KAFKA_BROKERS is
+                   set, a throwaway PostgreSQL unless EMISSIONS_DATABASE_URL is set, a second
+                   broker behind a TLS proxy, Chromium for the browser check;
+                 - cargo fmt --check; cargo deny (licenses, bans, sources);
+                 - clippy -D warnings (all targets, the CI features: every feature but the
+                   Kafka ones that need system libraries);
+                 - every test (unit, integration, property, doc) with the CI features, and
+                   core's with none;
+                 - cargo doc with warnings denied; cargo package of every library crate
+                   (verified);
+                 - the examples (orders, metrics with a Prometheus scrape, webhook, Kafka,
+                   quickstart) and the live page in headless Chromium";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -643,9 +650,32 @@ fn check_msrv(root: &Path) -> Result<(), String> {
     }
 }
 
+/// The cargo-deny release CI installs when it is missing.
+const CARGO_DENY: &str = "0.20.2";
+
+/// Installs cargo-deny unless `cargo deny` already runs.
+fn provision_cargo_deny() -> Result<(), String> {
+    let present = cargo()
+        .args(["deny", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if present {
+        return Ok(());
+    }
+    let mut install = cargo();
+    install.args(["install", "cargo-deny", "--locked", "--version", CARGO_DENY]);
+    step(
+        "provision: cargo install cargo-deny (supply-chain checks)",
+        install,
+    )
+}
+
 fn ci() -> Result<(), String> {
     let root = workspace_root();
     check_msrv(&root)?;
+    provision_cargo_deny()?;
     let python = provision_python(&root)?;
     let python = python.to_str().ok_or("non-UTF-8 path")?;
     // Keep the broker and the database alive for the whole run; they stop when dropped.
@@ -663,6 +693,13 @@ fn ci() -> Result<(), String> {
     ];
     let steps: &[Step] = &[
         ("cargo fmt --check", &["fmt", "--all", "--", "--check"], &[]),
+        // Licenses, banned and duplicate versions, sources (deny.toml). Advisories need the
+        // advisory database, which these machines cannot fetch: a manual step (README).
+        (
+            "cargo deny check licenses bans sources",
+            &["deny", "check", "licenses", "bans", "sources"],
+            &[],
+        ),
         (
             "cargo clippy -D warnings (all targets, the CI features)",
             &[
