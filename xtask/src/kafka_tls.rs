@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{Broker, free_port, start_tansu, step};
+use crate::services::{Broker, start_tansu};
+use crate::{free_port, step};
 
 /// The TLS address tests connect to.
 pub(crate) const TLS_BROKERS_VAR: &str = "EMISSIONS_KAFKA_TLS_BROKERS";

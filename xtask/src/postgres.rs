@@ -77,7 +77,7 @@ fn ensure_installed() -> Result<PathBuf, String> {
     if let Some(bin) = find_bin() {
         return Ok(bin);
     }
-    crate::apt_install(&["postgresql"], "provision: apt-get install postgresql")?;
+    crate::services::apt_install(&["postgresql"], "provision: apt-get install postgresql")?;
     find_bin().ok_or_else(|| "postgresql installed but no initdb under /usr/lib/postgresql".into())
 }
 
