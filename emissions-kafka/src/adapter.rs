@@ -16,6 +16,18 @@ type DeliveryFn = std::sync::Arc<dyn Fn(&Event, i32, i64) + Send + Sync>;
 
 /// Delivers events to Kafka through one rdkafka `FutureProducer`. Built by
 /// [`KafkaEndpoint::build`]; see the [crate docs](crate) for the delivery semantics.
+/// Registering the endpoint itself (`.adapter(endpoint)?`) builds it too; build it yourself to
+/// check a configuration early or to read what it registers with.
+///
+/// ```
+/// let adapter = emissions_kafka::KafkaEndpoint::new("kafka", "127.0.0.1:9092")
+///     .topic("orders")
+///     .build()?;
+/// assert_eq!(adapter.name(), "kafka");
+/// // librdkafka retries; core retries stay off so that nothing is reordered or duplicated.
+/// assert_eq!(adapter.adapter_options().retry.attempts(), 1);
+/// # Ok::<(), emissions_kafka::Error>(())
+/// ```
 pub struct KafkaAdapter {
     name: String,
     destination: Destination,

@@ -47,6 +47,20 @@ impl Destination {
 }
 
 /// What becomes the message key.
+///
+/// ```
+/// use emissions_kafka::{KafkaEndpoint, KeyStrategy};
+/// // Every event of one order on one partition, in commit order.
+/// let by_order = KafkaEndpoint::new("kafka", "127.0.0.1:9092")
+///     .topic("orders")
+///     .key(KeyStrategy::Payload("/order/id".into()));
+/// assert!(by_order.build().is_ok());
+/// // A pointer must start with `/`: a typed configuration error otherwise.
+/// let bad = KafkaEndpoint::new("kafka", "127.0.0.1:9092")
+///     .topic("orders")
+///     .key(KeyStrategy::Payload("order.id".into()));
+/// assert!(bad.build().unwrap_err().to_string().contains("`key`"));
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum KeyStrategy {
@@ -63,6 +77,15 @@ pub enum KeyStrategy {
 }
 
 /// What becomes the message value.
+///
+/// ```
+/// use emissions_kafka::{KafkaEndpoint, ValueFormat};
+/// // The envelope every adapter writes, so a consumer gets id, type, time and metadata too.
+/// let k = KafkaEndpoint::new("kafka", "127.0.0.1:9092")
+///     .topic("orders")
+///     .value(ValueFormat::Envelope);
+/// assert!(k.build().is_ok());
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ValueFormat {

@@ -26,7 +26,17 @@ pub(crate) struct Limits {
 
 /// Delivers events to one webhook endpoint. Built by
 /// [`WebhookEndpoint::build`](crate::WebhookEndpoint::build); see the [crate docs](crate) for
-/// the delivery policy.
+/// the delivery policy. Registering the endpoint itself (`.adapter(endpoint)?`) builds it too.
+///
+/// ```
+/// let adapter = emissions_webhook::WebhookEndpoint::new("billing", "https://billing.example.com/hooks")
+///     .secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+///     .build()?;
+/// assert_eq!(adapter.name(), "billing");
+/// // Retried per event on the default schedule: eight attempts over about a day.
+/// assert_eq!(adapter.adapter_options().retry.attempts(), 8);
+/// # Ok::<(), emissions_webhook::Error>(())
+/// ```
 pub struct WebhookAdapter {
     name: String,
     url: reqwest::Url,

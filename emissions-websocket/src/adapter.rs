@@ -12,6 +12,21 @@ use crate::request_builder;
 /// one frame, serialized once and queued for every connection that may see it. Its shutdown
 /// drains the feed within the engine's deadline. Take it with
 /// [`LiveFeed::adapter`](crate::LiveFeed::adapter).
+///
+/// ```
+/// use emissions_core::{Emissions, Named};
+/// use emissions_websocket::{LiveFeed, Public};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let feed = LiveFeed::builder().events(["order_*"]).build(Public)?;
+/// let emissions = Emissions::builder()
+///     .adapter(Named::new("live", feed.adapter()?))?
+///     .start()
+///     .await?;
+/// assert!(feed.adapter().is_err(), "one adapter per feed");
+/// emissions.shutdown(std::time::Duration::from_secs(1)).await;
+/// # Ok(()) }
+/// ```
 pub struct FeedAdapter {
     hub: Arc<Hub>,
     carried: Carried,

@@ -16,7 +16,18 @@ use crate::config::Limits;
 use crate::position::Position;
 use crate::selection::Selection;
 
-/// Why a connection ended; for WebSocket clients `code` and `reason` go in the close frame.
+/// Why a connection ended; for WebSocket clients `code` and `reason` go in the close frame,
+/// and [`FeedStats::disconnects`] counts each.
+///
+/// ```
+/// use emissions_websocket::{Disconnect, LiveFeed, Public};
+/// let feed = LiveFeed::builder().all_events().build(Public)?;
+/// // Alert on slow consumers: clients cut off because they could not keep up.
+/// let slow = feed.stats().disconnects_for(Disconnect::Slow);
+/// assert_eq!(slow, 0);
+/// assert_eq!((Disconnect::Slow.code(), Disconnect::Slow.reason()), (4000, "slow consumer"));
+/// # Ok::<(), emissions_websocket::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Disconnect {
