@@ -13,7 +13,7 @@
 //! | `emissions.buffer.terminated` | counter (`{buffer}`) | `reason` |
 //! | `emissions.event.dropped` | counter (`{event}`) | `reason`, `adapter` or `handler`; `event_name` only with [`MetricsOptions::event_name`] |
 //! | `emissions.adapter.duration` | histogram (s): one `handle_events` call | `adapter`, `outcome` (`success`, `error`) |
-//! | `emissions.adapter.latency` | histogram (s): commit → delivered, per call (its oldest event) | `adapter` |
+//! | `emissions.adapter.latency` | histogram (s): commit → delivered, per event | `adapter` |
 //! | `emissions.adapter.queued` | gauge (`{event}`): in the queue | `adapter` |
 //! | `emissions.adapter.in_flight` | gauge (`{event}`): in `handle_events` now | `adapter` |
 //! | `emissions.adapter.waiting` | gauge (`{event}`): waiting for a retry or behind their key | `adapter` |
@@ -159,7 +159,7 @@ pub fn record_metrics_with(
         adapter_latency: histogram(
             meter,
             "emissions.adapter.latency",
-            "Commit to delivered, per call (its oldest event)",
+            "Commit to delivered, per event",
         ),
         handler_duration: histogram(meter, "emissions.handler.duration", "One handler run"),
         handler_ignored: counter(meter, names::HANDLER_IGNORED, "{run}"),
@@ -252,15 +252,19 @@ impl Instruments {
             TelemetryEvent::AdapterSuccess {
                 adapter,
                 duration,
-                latency,
+                commit_ages,
                 ..
             } => {
                 self.adapter_duration.record(
                     duration.as_secs_f64(),
                     &[kv(keys::ADAPTER, adapter), kv(OUTCOME, "success")],
                 );
-                self.adapter_latency
-                    .record(latency.as_secs_f64(), &[kv(keys::ADAPTER, adapter)]);
+                let attributes = [kv(keys::ADAPTER, adapter)];
+                for &(age, events) in commit_ages {
+                    for _ in 0..events {
+                        self.adapter_latency.record(age.as_secs_f64(), &attributes);
+                    }
+                }
             }
             TelemetryEvent::AdapterError {
                 adapter, duration, ..

@@ -201,9 +201,12 @@ pub enum TelemetryEvent<'a> {
         event_count: usize,
         /// Time spent in `handle_events`.
         duration: Duration,
-        /// Commit → delivered: how long ago the oldest event of the call was committed
+        /// Commit → delivered: how long ago the oldest event the call delivered was committed
         /// (queueing, retries and the call itself).
         latency: Duration,
+        /// Commit → delivered for every event the call delivered: per commit, its age and how
+        /// many of its events the call delivered.
+        commit_ages: &'a [(Duration, usize)],
     },
     /// `emissions.adapter.error`
     AdapterError {
@@ -414,6 +417,7 @@ pub(crate) fn trace(event: &TelemetryEvent<'_>) {
             event_count,
             duration,
             latency,
+            ..
         } => debug!(
             target: "emissions",
             event = name,

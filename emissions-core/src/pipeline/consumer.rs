@@ -338,13 +338,26 @@ impl Consumer {
         };
         let failed_count = failed.iter().filter(|f| f.is_some()).count();
         if failed_count < count {
-            // The batch's oldest commit (an upper bound for what the call delivered).
-            let latency = batch
-                .iter()
-                .map(Segment::opened)
-                .min()
-                .map(|at| at.elapsed())
-                .unwrap_or_default();
+            // Commit → delivered, per commit of the batch (its events share the commit's time).
+            let now = std::time::Instant::now();
+            let mut ages = Vec::with_capacity(batch.len());
+            let mut index = 0;
+            for segment in &batch {
+                let n = segment.len();
+                let delivered = if failed.is_empty() {
+                    n
+                } else {
+                    failed[index..index + n]
+                        .iter()
+                        .filter(|f| f.is_none())
+                        .count()
+                };
+                index += n;
+                if delivered > 0 {
+                    ages.push((now.saturating_duration_since(segment.opened()), delivered));
+                }
+            }
+            let latency = ages.iter().map(|(age, _)| *age).max().unwrap_or_default();
             self.ledger
                 .telemetry()
                 .emit(&TelemetryEvent::AdapterSuccess {
@@ -352,6 +365,7 @@ impl Consumer {
                     event_count: count - failed_count,
                     duration,
                     latency,
+                    commit_ages: &ages,
                 });
         }
         if let Some(first) = failures.first() {
