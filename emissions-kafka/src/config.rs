@@ -38,10 +38,10 @@ pub(crate) enum Destination {
 }
 
 impl Destination {
-    pub(crate) fn topic(&self, event: &Event) -> Option<String> {
+    pub(crate) fn topic(&self, event: &Event) -> Option<std::borrow::Cow<'_, str>> {
         match self {
-            Destination::Topic(topic) => Some(topic.clone()),
-            Destination::Computed(f) => f(event),
+            Destination::Topic(topic) => Some(std::borrow::Cow::Borrowed(topic)),
+            Destination::Computed(f) => f(event).map(std::borrow::Cow::Owned),
         }
     }
 }

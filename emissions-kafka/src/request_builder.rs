@@ -22,11 +22,13 @@ pub mod headers {
     pub const CONTENT_TYPE: &str = "content-type";
 }
 
+/// One record, borrowing what it can from its event and destination (the topic, a payload
+/// sent as emitted).
 #[derive(Debug, PartialEq)]
-pub(crate) struct Record {
-    pub(crate) topic: String,
+pub(crate) struct Record<'a> {
+    pub(crate) topic: Cow<'a, str>,
     pub(crate) key: Option<Vec<u8>>,
-    pub(crate) value: Vec<u8>,
+    pub(crate) value: Cow<'a, [u8]>,
     pub(crate) headers: Vec<(Cow<'static, str>, String)>,
     pub(crate) timestamp_ms: i64,
 }
@@ -56,12 +58,12 @@ pub(crate) fn key(strategy: &KeyStrategy, event: &Event) -> Option<Vec<u8>> {
 
 const JSON: &str = "application/json";
 
-pub(crate) fn record(
-    destination: &Destination,
+pub(crate) fn record<'a>(
+    destination: &'a Destination,
     strategy: &KeyStrategy,
     wire: &Wire,
-    event: &Event,
-) -> Result<Record, Error> {
+    event: &'a Event,
+) -> Result<Record<'a>, Error> {
     let topic = destination.topic(event).ok_or_else(|| Error::NoTopic {
         event: event.name().to_owned(),
     })?;
@@ -79,8 +81,8 @@ pub(crate) fn record(
                 headers.push((name.into(), value.to_owned()));
             }
             match format {
-                ValueFormat::Payload => event.payload().to_vec(),
-                ValueFormat::Envelope => event.envelope().to_vec(),
+                ValueFormat::Payload => Cow::Borrowed(event.payload()),
+                ValueFormat::Envelope => Cow::Owned(event.envelope().to_vec()),
             }
         }
         Wire::CloudEvents(ce) => {
@@ -95,14 +97,14 @@ pub(crate) fn record(
                         headers.push((format!("ce_{name}").into(), value.as_text().into_owned()));
                     }
                     headers.push((headers::CONTENT_TYPE.into(), JSON.to_owned()));
-                    event.payload().to_vec()
+                    Cow::Borrowed(event.payload())
                 }
                 ContentMode::Structured => {
                     headers.push((
                         headers::CONTENT_TYPE.into(),
                         "application/cloudevents+json".to_owned(),
                     ));
-                    cloudevent.to_vec()
+                    Cow::Owned(cloudevent.to_vec())
                 }
             }
         }
@@ -173,8 +175,9 @@ mod tests {
     #[test]
     fn payload_records_carry_the_emitted_bytes_and_headers() {
         let e = event();
+        let topic = Destination::Topic("events".into());
         let r = record(
-            &Destination::Topic("events".into()),
+            &topic,
             &KeyStrategy::EventId,
             &Wire::Plain(ValueFormat::Payload),
             &e,
@@ -200,8 +203,9 @@ mod tests {
     #[test]
     fn envelopes_embed_the_payload() {
         let e = event();
+        let topic = Destination::Topic("t".into());
         let r = record(
-            &Destination::Topic("t".into()),
+            &topic,
             &KeyStrategy::None,
             &Wire::Plain(ValueFormat::Envelope),
             &e,
@@ -218,13 +222,8 @@ mod tests {
     fn cloudevents_binary_records_carry_attributes_as_ce_headers_and_the_payload() {
         let e = event();
         let ce = CloudEvents::binary("/orders");
-        let r = record(
-            &Destination::Topic("t".into()),
-            &KeyStrategy::EventId,
-            &Wire::CloudEvents(ce),
-            &e,
-        )
-        .unwrap();
+        let topic = Destination::Topic("t".into());
+        let r = record(&topic, &KeyStrategy::EventId, &Wire::CloudEvents(ce), &e).unwrap();
         assert_eq!(r.value, e.payload());
         let header = |name: &str| {
             r.headers
@@ -252,8 +251,9 @@ mod tests {
     fn cloudevents_structured_records_are_one_json_document() {
         let e = event();
         let ce = CloudEvents::structured("/orders");
+        let topic = Destination::Topic("t".into());
         let r = record(
-            &Destination::Topic("t".into()),
+            &topic,
             &KeyStrategy::EventId,
             &Wire::CloudEvents(ce.clone()),
             &e,

@@ -40,7 +40,7 @@ impl Producer {
     }
 
     /// Enqueues one record, waiting while the local queue is full (backpressure, not loss).
-    pub(crate) async fn send(&self, record: &Record) -> Result<DeliveryFuture, KafkaError> {
+    pub(crate) async fn send(&self, record: &Record<'_>) -> Result<DeliveryFuture, KafkaError> {
         loop {
             let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
             for (key, value) in &record.headers {
