@@ -490,6 +490,12 @@ pub(crate) struct Telemetry {
 impl Telemetry {
     /// Emits `event` as a `tracing` event and to every observer. Observers (and tracing
     /// subscribers) are user code: a panic in one is logged and stops nothing.
+    /// Whether an emitted event reaches anyone (a tracing subscriber or an observer): what is
+    /// only built for telemetry can be skipped otherwise.
+    pub(crate) fn is_observed(&self) -> bool {
+        tracing::dispatcher::has_been_set() || self.any.load(Ordering::Acquire)
+    }
+
     pub(crate) fn emit(&self, event: &TelemetryEvent<'_>) {
         // Without any subscriber there is nothing to call (or to contain).
         if tracing::dispatcher::has_been_set()

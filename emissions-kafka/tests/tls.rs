@@ -4,12 +4,14 @@
 //! are read back over TLS; a client that does not trust the certificate gets nothing through.
 #![cfg(feature = "ssl")]
 
+mod support;
+
 use std::time::Duration;
 
 use emissions_core::Emissions;
 use emissions_kafka::KafkaEndpoint;
-use emissions_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
-use emissions_kafka::rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use emissions_kafka::rdkafka::Message;
+use emissions_kafka::rdkafka::consumer::Consumer;
 use serde_json::json;
 
 fn tls_broker() -> Option<(String, String)> {
@@ -67,24 +69,18 @@ async fn events_reach_a_broker_over_tls_and_read_back_over_tls() {
     let report = emissions.shutdown(Duration::from_secs(10)).await;
     assert_eq!(report.adapter("kafka").unwrap().counts.delivered, 10);
 
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("security.protocol", "SSL")
-        .set("ssl.ca.location", &ca)
-        .set("group.id", "emissions-tls")
-        .create()
-        .unwrap();
+    let tls = [
+        ("security.protocol", "SSL"),
+        ("ssl.ca.location", ca.as_str()),
+    ];
     // The topic was created on first use, with the broker's default partition count.
-    let metadata = consumer
+    let partitions = support::consumer_with(&brokers, &topic, 0, &tls)
         .fetch_metadata(Some(&topic), Duration::from_secs(10))
-        .unwrap();
-    let mut assignment = TopicPartitionList::new();
-    for partition in metadata.topics()[0].partitions() {
-        assignment
-            .add_partition_offset(&topic, partition.id(), Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&assignment).unwrap();
+        .unwrap()
+        .topics()[0]
+        .partitions()
+        .len();
+    let consumer = support::consumer_with(&brokers, &topic, partitions as i32, &tls);
     let mut seen = Vec::new();
     let started = std::time::Instant::now();
     while seen.len() < 10 {

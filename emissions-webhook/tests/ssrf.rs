@@ -99,13 +99,13 @@ async fn an_allow_list_for_one_address_does_not_open_its_neighbours() {
     assert_eq!(connections.load(Ordering::SeqCst), 0);
 }
 
-#[tokio::test]
-async fn a_host_name_that_does_not_resolve_fails_at_once_instead_of_waiting_out_the_schedule() {
+/// An endpoint `gone` at `url` on the default schedule (5 s, 5 min, … about a day), with its
+/// dead letters.
+async fn unresolvable(url: &str) -> (Emissions, support::Dead) {
     let (dead, hook) = dead_letters();
-    // The default schedule (5 s, 5 min, … about a day): the failure must not enter it.
     let emissions = Emissions::builder()
         .adapter(
-            WebhookEndpoint::new("gone", "http://tenant-gone.invalid/hooks")
+            WebhookEndpoint::new("gone", url)
                 .secret(SECRET)
                 .dead_letter(hook),
         )
@@ -113,6 +113,13 @@ async fn a_host_name_that_does_not_resolve_fails_at_once_instead_of_waiting_out_
         .start()
         .await
         .unwrap();
+    (emissions, dead)
+}
+
+#[tokio::test]
+async fn a_host_name_that_does_not_resolve_fails_at_once_instead_of_waiting_out_the_schedule() {
+    // The failure must not enter the day-long schedule.
+    let (emissions, dead) = unresolvable("http://tenant-gone.invalid/hooks").await;
     let receipt = emissions.emit_now("a", &1).await.unwrap();
     let outcome = tokio::time::timeout(std::time::Duration::from_secs(10), receipt.settled())
         .await
@@ -131,17 +138,7 @@ async fn a_host_name_that_does_not_resolve_fails_at_once_instead_of_waiting_out_
 
 #[tokio::test]
 async fn a_backlog_for_a_name_that_does_not_resolve_fails_at_once_after_the_first() {
-    let (dead, hook) = dead_letters();
-    let emissions = Emissions::builder()
-        .adapter(
-            WebhookEndpoint::new("gone", "http://tenant-gone-too.invalid/hooks")
-                .secret(SECRET)
-                .dead_letter(hook),
-        )
-        .unwrap()
-        .start()
-        .await
-        .unwrap();
+    let (emissions, dead) = unresolvable("http://tenant-gone-too.invalid/hooks").await;
     let buffer = emissions.start();
     for n in 0..20 {
         buffer.emit("a", &n).unwrap();

@@ -337,7 +337,7 @@ impl Consumer {
             }
         };
         let failed_count = failed.iter().filter(|f| f.is_some()).count();
-        if failed_count < count {
+        if failed_count < count && self.ledger.telemetry().is_observed() {
             // Commit → delivered, per commit of the batch (its events share the commit's time).
             let now = std::time::Instant::now();
             let mut ages = Vec::with_capacity(batch.len());

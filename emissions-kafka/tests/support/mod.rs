@@ -45,12 +45,25 @@ pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) {
 /// A consumer assigned every partition of `topic` from the beginning (consumer-group joins
 /// are slow on some brokers).
 pub fn consumer(brokers: &str, topic: &str, partitions: i32) -> BaseConsumer {
-    let consumer: BaseConsumer = ClientConfig::new()
+    consumer_with(brokers, topic, partitions, &[])
+}
+
+/// [`consumer`] with more client properties (TLS, say).
+pub fn consumer_with(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    properties: &[(&str, &str)],
+) -> BaseConsumer {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", brokers)
         .set("group.id", "emissions-it")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
+        .set("enable.auto.commit", "false");
+    for (key, value) in properties {
+        config.set(*key, *value);
+    }
+    let consumer: BaseConsumer = config.create().unwrap();
     let mut assignment = TopicPartitionList::new();
     for partition in 0..partitions {
         assignment
