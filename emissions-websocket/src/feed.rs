@@ -23,6 +23,9 @@ use crate::config::{Authorize, Carried, FeedBuilder, Public};
 use crate::hub::{FeedStats, Hub, Visible};
 use crate::service::{self, FeedRequest, Joining, Transport};
 
+/// A WebSocket connection's read buffer: clients send only small control messages.
+const READ_BUFFER: usize = 4 * 1024;
+
 /// A live feed of committed events for browsers and other clients, over WebSocket and
 /// Server-Sent Events, with every frame authorized. Cheap to clone.
 ///
@@ -248,6 +251,9 @@ impl<A: Authorize> LiveFeed<A> {
                 let hub = hub.clone();
                 let limit = hub.limits.max_inbound_bytes;
                 upgrade
+                    // tungstenite zeroes the whole read buffer (128 KiB by default) on
+                    // every read attempt, and a connection reads whenever it is idle.
+                    .read_buffer_size(READ_BUFFER.min(limit))
                     .max_message_size(limit)
                     .max_frame_size(limit)
                     .on_failed_upgrade(move |err: axum::Error| failed.rejected(&err.to_string()))

@@ -234,8 +234,8 @@ impl Outlet {
 
 /// What a connection finds when it reads the feed.
 pub(crate) enum Pull {
-    /// Frames for it, now counted as being written.
-    Frames(Vec<Arc<Entry>>),
+    /// Frames for it, appended to the caller's batch and counted as being written.
+    Frames,
     /// Nothing new yet.
     Idle,
     /// The feed shuts down and it has read everything.
@@ -254,9 +254,10 @@ pub(crate) struct Registration {
 }
 
 impl Registration {
-    /// Reads up to `max` frames for this connection and counts them as being written.
-    pub(crate) fn pull(&self, max: usize) -> Pull {
-        self.hub.pull(&self.viewer, &self.outlet, max)
+    /// Reads up to `max` frames for this connection into `batch` (reused, so that reading
+    /// allocates nothing) and counts them as being written.
+    pub(crate) fn pull(&self, batch: &mut Vec<Arc<Entry>>, max: usize) -> Pull {
+        self.hub.pull(&self.viewer, &self.outlet, batch, max)
     }
 
     /// `n` preface frames are being written.
@@ -717,7 +718,13 @@ impl Hub {
 
     /// Reads the ring from the connection's cursor: up to `max` frames it may see and
     /// subscribed to, counted as being written before the cursor moves past them.
-    fn pull(&self, viewer: &Viewer, outlet: &Outlet, max: usize) -> Pull {
+    fn pull(
+        &self,
+        viewer: &Viewer,
+        outlet: &Outlet,
+        batch: &mut Vec<Arc<Entry>>,
+        max: usize,
+    ) -> Pull {
         let state = self.read();
         let front = state.front_seq();
         let mut at = outlet.cursor.load(Ordering::Acquire);
@@ -729,24 +736,26 @@ impl Hub {
             .subscription
             .read()
             .unwrap_or_else(|e| e.into_inner());
-        let mut frames = Vec::new();
-        while at < state.next_seq && frames.len() < max {
+        let before = batch.len();
+        while at < state.next_seq && batch.len() - before < max {
             let kept = &state.ring[(at - front) as usize];
             at += 1;
             if !kept.history && viewer.shows(self, &subscription, &kept.entry) {
-                frames.push(kept.entry.clone());
+                batch.push(kept.entry.clone());
             }
         }
         drop(subscription);
+        let taken = batch.len() - before;
         let mut books = outlet.books();
         if books.closed {
+            batch.truncate(before);
             return Pull::Closed;
         }
-        books.writing += frames.len() as u64;
+        books.writing += taken as u64;
         outlet.cursor.store(at, Ordering::Release);
         drop(books);
-        if !frames.is_empty() {
-            Pull::Frames(frames)
+        if taken > 0 {
+            Pull::Frames
         } else if state.shutting_down && at == state.next_seq {
             Pull::Drained
         } else {
@@ -1028,10 +1037,9 @@ mod tests {
         hub.remember(entries(0, 3000), &[3000]);
         hub.publish(entries(3000, 300), &[3300]);
         assert_eq!(hub.stats().disconnects_for(Disconnect::Slow), 0);
-        let mut offsets = Vec::new();
-        while let Pull::Frames(frames) = registration.pull(64) {
-            offsets.extend(frames.iter().map(|f| f.offset));
-        }
+        let mut batch = Vec::new();
+        while let Pull::Frames = registration.pull(&mut batch, 64) {}
+        let offsets: Vec<u64> = batch.iter().map(|f| f.offset).collect();
         assert_eq!(offsets, (3000..3300).collect::<Vec<_>>());
     }
 }

@@ -191,15 +191,15 @@ pub(crate) async fn websocket(
     drop(registration);
 }
 
-/// Writes `frames` (already counted as being written) with one flush; counts them sent once
-/// flushed.
+/// Writes `frames` (already counted as being written) with one flush, leaving the batch
+/// empty; counts them sent once flushed.
 async fn write(
     socket: &mut WebSocket,
     registration: &Registration,
-    frames: Vec<Arc<Entry>>,
+    frames: &mut Vec<Arc<Entry>>,
 ) -> Result<(), Disconnect> {
     let n = frames.len() as u64;
-    for entry in frames {
+    for entry in frames.drain(..) {
         socket
             .feed(Message::Text(entry.text.clone()))
             .await
@@ -212,13 +212,19 @@ async fn write(
 
 /// Races a write against the hub letting go of the connection (slow), the shutdown cut, and
 /// the client's liveness: a client that takes no bytes for a ping interval and timeout is
-/// gone (4001), so no write waits forever.
+/// gone (4001), so no write waits forever. A write the socket takes at once (the usual case)
+/// finishes without arming a timer.
 async fn guarded(
     write: impl Future<Output = Result<(), Disconnect>>,
     outlet: &Outlet,
     cut: &mut watch::Receiver<bool>,
     patience: Duration,
 ) -> Result<(), Disconnect> {
+    let mut write = std::pin::pin!(write);
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(write.as_mut().poll(cx))).await;
+    if let std::task::Poll::Ready(written) = first {
+        return written;
+    }
     tokio::select! {
         written = write => written,
         () = outlet.kick.notified() => Err(outlet.reason().unwrap_or(Disconnect::Shutdown)),
@@ -243,7 +249,7 @@ async fn pump(
             match out {
                 Out::Event(entry) => {
                     registration.writing_preface(1);
-                    write(socket, registration, vec![entry]).await
+                    write(socket, registration, &mut vec![entry]).await
                 }
                 Out::Control(text) => socket
                     .send(Message::Text(Utf8Bytes::from(text)))
@@ -253,16 +259,24 @@ async fn pump(
         };
         guarded(sent, &outlet, cut, patience).await?;
     }
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
     let mut last_heard = Instant::now();
     let mut ping =
         tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
     loop {
+        // Taken before reading: it sees every later `notify_waiters`, and registers with the
+        // shared `Notify` (under its lock) only when the connection goes idle.
         let published = hub.published.notified();
         tokio::pin!(published);
-        published.as_mut().enable();
-        match registration.pull(WRITE_BATCH) {
-            Pull::Frames(frames) => {
-                guarded(write(socket, registration, frames), &outlet, cut, patience).await?;
+        match registration.pull(&mut batch, WRITE_BATCH) {
+            Pull::Frames => {
+                guarded(
+                    write(socket, registration, &mut batch),
+                    &outlet,
+                    cut,
+                    patience,
+                )
+                .await?;
                 continue;
             }
             // The feed shuts down and everything for this connection has been written.
@@ -331,6 +345,8 @@ struct SseFeed {
     preface: VecDeque<Out>,
     /// Pulled from the feed, not yet handed to the server.
     pending: VecDeque<Arc<Entry>>,
+    /// Where the feed is read into (reused).
+    batch: Vec<Arc<Entry>>,
     cut: watch::Receiver<bool>,
     reason: Disconnect,
 }
@@ -358,12 +374,12 @@ impl SseFeed {
                 return Some(event_frame(&entry));
             }
             let hub = self.hub.clone();
+            // Sees every later `notify_waiters` without registering (see `pump`).
             let published = hub.published.notified();
             tokio::pin!(published);
-            published.as_mut().enable();
-            match self.registration.pull(WRITE_BATCH) {
-                Pull::Frames(frames) => {
-                    self.pending.extend(frames);
+            match self.registration.pull(&mut self.batch, WRITE_BATCH) {
+                Pull::Frames => {
+                    self.pending.extend(self.batch.drain(..));
                     continue;
                 }
                 Pull::Drained => {
@@ -458,6 +474,7 @@ fn sse_frames(
         registration,
         preface,
         pending: VecDeque::new(),
+        batch: Vec::new(),
         cut,
         reason: Disconnect::Client,
     };
