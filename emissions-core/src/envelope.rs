@@ -256,13 +256,28 @@ pub enum AttributeValue<'a> {
     Boolean(bool),
 }
 
-impl AttributeValue<'_> {
+impl<'a> AttributeValue<'a> {
     /// The attribute's canonical string form, as binary modes carry it in a header.
     pub fn as_text(&self) -> Cow<'_, str> {
         match self {
             AttributeValue::Text(text) => Cow::Borrowed(text),
             AttributeValue::Integer(n) => Cow::Owned(n.to_string()),
             AttributeValue::Boolean(b) => Cow::Borrowed(if *b { "true" } else { "false" }),
+        }
+    }
+
+    /// [`as_text`](Self::as_text), keeping what the text borrows from the event.
+    ///
+    /// ```
+    /// use emissions_core::envelope::AttributeValue;
+    /// assert_eq!(AttributeValue::Text("acme".into()).into_text(), "acme");
+    /// assert_eq!(AttributeValue::Integer(7).into_text(), "7");
+    /// ```
+    pub fn into_text(self) -> Cow<'a, str> {
+        match self {
+            AttributeValue::Text(text) => text,
+            AttributeValue::Integer(n) => Cow::Owned(n.to_string()),
+            AttributeValue::Boolean(b) => Cow::Borrowed(if b { "true" } else { "false" }),
         }
     }
 }
@@ -363,7 +378,9 @@ impl<'a> CloudEvent<'a> {
     pub fn attributes(&self) -> Vec<(&'a str, AttributeValue<'a>)> {
         let event = self.event;
         let text = |s: &'a str| AttributeValue::Text(Cow::Borrowed(s));
-        let mut attributes = vec![
+        // The five required ones, room for a partition key, the metadata and a few more.
+        let mut attributes = Vec::with_capacity(8 + event.metadata().len());
+        attributes.extend([
             ("specversion", text(SPEC_VERSION)),
             (
                 "id",
@@ -375,8 +392,9 @@ impl<'a> CloudEvent<'a> {
                 "time",
                 AttributeValue::Text(Cow::Owned(rfc3339(event.emitted_at()))),
             ),
-        ];
-        let mut leftover = crate::Metadata::new();
+        ]);
+        // Metadata that is not an attribute of its own, borrowed (serialized below as one map).
+        let mut leftover: Vec<(&String, &serde_json::Value)> = Vec::new();
         for (name, value) in event.metadata() {
             let attribute = match (name.as_str(), value) {
                 // CloudEvents: a subject, when present, is a non-empty string.
@@ -390,9 +408,7 @@ impl<'a> CloudEvent<'a> {
             };
             match attribute {
                 Some(attribute) => attributes.push((name.as_str(), attribute)),
-                None => {
-                    leftover.insert(name.clone(), value.clone());
-                }
+                None => leftover.push((name, value)),
             }
         }
         if let Some(key) = self.partition_key {
@@ -401,7 +417,8 @@ impl<'a> CloudEvent<'a> {
         if !leftover.is_empty() {
             // serde_json escapes U+0000–U+001F; DEL and the C1 controls are escaped here, so
             // that the attribute holds no control character at all.
-            let mut json = serde_json::Value::Object(leftover).to_string();
+            let mut json = serde_json::to_string(&Leftover(&leftover))
+                .expect("metadata (strings and JSON values) always serializes");
             if json.chars().any(is_control) {
                 json = json
                     .chars()
@@ -419,6 +436,15 @@ impl<'a> CloudEvent<'a> {
     /// The structured form (`application/cloudevents+json`) as JSON bytes.
     pub fn to_vec(&self) -> Vec<u8> {
         to_vec(self, self.event)
+    }
+}
+
+/// Metadata entries serialized as one JSON object, without copying them into a map.
+struct Leftover<'a>(&'a [(&'a String, &'a serde_json::Value)]);
+
+impl Serialize for Leftover<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().copied())
     }
 }
 

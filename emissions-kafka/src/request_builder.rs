@@ -29,7 +29,7 @@ pub(crate) struct Record<'a> {
     pub(crate) topic: Cow<'a, str>,
     pub(crate) key: Option<Vec<u8>>,
     pub(crate) value: Cow<'a, [u8]>,
-    pub(crate) headers: Vec<(Cow<'static, str>, String)>,
+    pub(crate) headers: Vec<(Cow<'a, str>, Cow<'a, str>)>,
     pub(crate) timestamp_ms: i64,
 }
 
@@ -58,27 +58,51 @@ pub(crate) fn key(strategy: &KeyStrategy, event: &Event) -> Option<Vec<u8>> {
 
 const JSON: &str = "application/json";
 
+/// The binary mode's header for an attribute: `ce_` and its name (the usual ones without an
+/// allocation per record).
+fn ce_header(name: &str) -> Cow<'static, str> {
+    const KNOWN: [(&str, &str); 10] = [
+        ("specversion", "ce_specversion"),
+        ("id", "ce_id"),
+        ("source", "ce_source"),
+        ("type", "ce_type"),
+        ("time", "ce_time"),
+        ("subject", "ce_subject"),
+        ("partitionkey", "ce_partitionkey"),
+        ("metadata", "ce_metadata"),
+        ("traceparent", "ce_traceparent"),
+        ("tracestate", "ce_tracestate"),
+    ];
+    match KNOWN.iter().find(|(attribute, _)| *attribute == name) {
+        Some((_, header)) => Cow::Borrowed(header),
+        None => Cow::Owned(format!("ce_{name}")),
+    }
+}
+
 pub(crate) fn record<'a>(
     destination: &'a Destination,
     strategy: &KeyStrategy,
-    wire: &Wire,
+    wire: &'a Wire,
     event: &'a Event,
 ) -> Result<Record<'a>, Error> {
     let topic = destination.topic(event).ok_or_else(|| Error::NoTopic {
         event: event.name().to_owned(),
     })?;
     let key = key(strategy, event);
-    let mut headers: Vec<(Cow<'static, str>, String)> = Vec::with_capacity(8);
+    let mut headers: Vec<(Cow<'a, str>, Cow<'a, str>)> = Vec::with_capacity(8);
     let value = match wire {
         Wire::Plain(format) => {
             headers.extend([
-                (headers::EVENT_NAME.into(), event.name().to_owned()),
-                (headers::EVENT_ID.into(), event.id().to_string()),
-                (headers::EVENT_TIME.into(), rfc3339(event.emitted_at())),
-                (headers::CONTENT_TYPE.into(), JSON.to_owned()),
+                (headers::EVENT_NAME.into(), event.name().into()),
+                (headers::EVENT_ID.into(), event.id().to_string().into()),
+                (
+                    headers::EVENT_TIME.into(),
+                    rfc3339(event.emitted_at()).into(),
+                ),
+                (headers::CONTENT_TYPE.into(), JSON.into()),
             ]);
             for (name, value) in trace_context(event) {
-                headers.push((name.into(), value.to_owned()));
+                headers.push((name.into(), value.into()));
             }
             match format {
                 ValueFormat::Payload => Cow::Borrowed(event.payload()),
@@ -87,22 +111,27 @@ pub(crate) fn record<'a>(
         }
         Wire::CloudEvents(ce) => {
             // The binding's `partitionkey` is the record key.
-            let mut cloudevent = ce.event(event);
-            if let Some(text) = key.as_deref().and_then(|k| std::str::from_utf8(k).ok()) {
-                cloudevent = cloudevent.with_partition_key(text);
-            }
+            let partition_key = key.as_deref().and_then(|k| std::str::from_utf8(k).ok());
             match ce.mode() {
                 ContentMode::Binary => {
-                    for (name, value) in cloudevent.attributes() {
-                        headers.push((format!("ce_{name}").into(), value.as_text().into_owned()));
+                    // The attributes borrow from the event; the key is this record's own.
+                    for (name, value) in ce.event(event).attributes() {
+                        headers.push((ce_header(name), value.into_text()));
                     }
-                    headers.push((headers::CONTENT_TYPE.into(), JSON.to_owned()));
+                    if let Some(text) = partition_key {
+                        headers.push((ce_header("partitionkey"), text.to_owned().into()));
+                    }
+                    headers.push((headers::CONTENT_TYPE.into(), JSON.into()));
                     Cow::Borrowed(event.payload())
                 }
                 ContentMode::Structured => {
+                    let mut cloudevent = ce.event(event);
+                    if let Some(text) = partition_key {
+                        cloudevent = cloudevent.with_partition_key(text);
+                    }
                     headers.push((
                         headers::CONTENT_TYPE.into(),
-                        "application/cloudevents+json".to_owned(),
+                        "application/cloudevents+json".into(),
                     ));
                     Cow::Owned(cloudevent.to_vec())
                 }
@@ -223,13 +252,14 @@ mod tests {
         let e = event();
         let ce = CloudEvents::binary("/orders");
         let topic = Destination::Topic("t".into());
-        let r = record(&topic, &KeyStrategy::EventId, &Wire::CloudEvents(ce), &e).unwrap();
+        let wire = Wire::CloudEvents(ce);
+        let r = record(&topic, &KeyStrategy::EventId, &wire, &e).unwrap();
         assert_eq!(r.value, e.payload());
         let header = |name: &str| {
             r.headers
                 .iter()
                 .find(|(k, _)| k == name)
-                .map(|(_, v)| v.as_str())
+                .map(|(_, v)| v.as_ref())
         };
         assert_eq!(header("ce_specversion"), Some("1.0"));
         assert_eq!(header("ce_id"), Some(e.id().to_string().as_str()));
@@ -252,13 +282,8 @@ mod tests {
         let e = event();
         let ce = CloudEvents::structured("/orders");
         let topic = Destination::Topic("t".into());
-        let r = record(
-            &topic,
-            &KeyStrategy::EventId,
-            &Wire::CloudEvents(ce.clone()),
-            &e,
-        )
-        .unwrap();
+        let wire = Wire::CloudEvents(ce.clone());
+        let r = record(&topic, &KeyStrategy::EventId, &wire, &e).unwrap();
         assert_eq!(
             r.value,
             ce.event(&e)
@@ -269,7 +294,7 @@ mod tests {
             r.headers,
             [(
                 Cow::Borrowed("content-type"),
-                "application/cloudevents+json".to_owned()
+                Cow::Borrowed("application/cloudevents+json")
             )]
         );
     }

@@ -46,7 +46,7 @@ impl Producer {
             for (key, value) in &record.headers {
                 headers = headers.insert(Header {
                     key: key.as_ref(),
-                    value: Some(value.as_str()),
+                    value: Some(value.as_ref()),
                 });
             }
             let mut kafka_record = FutureRecord::<[u8], [u8]>::to(&record.topic)
