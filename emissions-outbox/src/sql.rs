@@ -237,20 +237,44 @@ pub(crate) mod postgres {
     pub(crate) const SCHEMA_SET: &str = "INSERT INTO emissions_outbox_schema (version) VALUES ($1)";
     /// Serializes concurrent migrations of one database (several instances starting at once).
     pub(crate) const MIGRATION_LOCK: &str = "SELECT pg_advisory_xact_lock(7365126482017263)";
-    pub(crate) const NOTIFY: &str = "SELECT pg_notify($1, '')";
-    /// Locks each (destination `$1[i]`, ordering key `$2[i]`) until the transaction ends, in
-    /// a fixed order (no deadlock between two commits); the two-number advisory lock space
-    /// keeps clear of an application's one-number locks.
-    pub(crate) const LOCK_KEYS: &str = "SELECT pg_advisory_xact_lock(1701930093, h)
-        FROM (SELECT DISTINCT hashtext(d || '/' || k) AS h
-              FROM UNNEST($1::TEXT[], $2::TEXT[]) AS t(d, k)) AS keys
-        ORDER BY h";
-    pub(crate) const EVENTS_INSERT: &str = "INSERT INTO emissions_outbox_events \
-         (id, name, payload, metadata, emitted_at_us, committed_at_ms) VALUES ";
-    pub(crate) const EVENTS_RETURNING: &str = " RETURNING seq, id";
-    pub(crate) const DELIVERIES_INSERT: &str = "INSERT INTO emissions_outbox_deliveries \
-         (event_seq, destination, ordering_key, state, next_attempt_at_ms, last_error, \
-          updated_at_ms) VALUES ";
+    /// A commit's writes in one statement (one round trip, one prepared statement whatever
+    /// the number of events): the events (`$1`–`$5`: id, name, payload, metadata, emit time,
+    /// one array element per event, numbered in this order), their deliveries (`$6`–`$10`: the event's id,
+    /// destination, ordering key, state, error, one element per delivery), all at time `$11`,
+    /// then a `pg_notify` on channel `$12`, delivered to every instance's relay when (and
+    /// only if) the transaction commits.
+    ///
+    /// Before any row is written (`locked` is the events' filter, evaluated first), it takes a
+    /// transaction-scoped advisory lock per (destination, ordering key), in a fixed order (no
+    /// deadlock between two commits); the two-number lock space keeps clear of an
+    /// application's one-number locks.
+    pub(crate) const INSERT: &str = "WITH locked AS (
+            SELECT count(*) AS n FROM (
+                SELECT pg_advisory_xact_lock(1701930093, h)
+                FROM (SELECT DISTINCT hashtext(d || '/' || k) AS h
+                      FROM UNNEST($7::TEXT[], $8::TEXT[]) AS t(d, k)
+                      WHERE k IS NOT NULL) AS keys
+                ORDER BY h) AS taken
+        ), events AS (
+            INSERT INTO emissions_outbox_events
+                (id, name, payload, metadata, emitted_at_us, committed_at_ms)
+            SELECT id, name, payload, metadata, at, $11
+            FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BYTEA[], $4::TEXT[], $5::BIGINT[])
+                WITH ORDINALITY AS t(id, name, payload, metadata, at, i)
+            WHERE (SELECT n FROM locked) >= 0
+            ORDER BY i
+            RETURNING seq, id
+        ), deliveries AS (
+            INSERT INTO emissions_outbox_deliveries
+                (event_seq, destination, ordering_key, state, next_attempt_at_ms, last_error,
+                 updated_at_ms)
+            SELECT events.seq, t.destination, t.k, t.state, $11, t.error, $11
+            FROM UNNEST($6::TEXT[], $7::TEXT[], $8::TEXT[], $9::TEXT[], $10::TEXT[])
+                WITH ORDINALITY AS t(event_id, destination, k, state, error, i)
+            JOIN events ON events.id = t.event_id
+            ORDER BY t.i
+        )
+        SELECT pg_notify($12, '')";
     // Claims, as SQLite's, returning the events too.
     claim_statements!("$", postgres_claim, "d.id = ANY($6::BIGINT[])");
     /// Deletes the delivered deliveries `($1[i], $2[i])` (id, fence), and their events once no

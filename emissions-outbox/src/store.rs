@@ -309,7 +309,7 @@ fn placeholders(rows: usize, cols: usize, numbered: bool) -> String {
 }
 
 fn metadata_json(metadata: &Metadata) -> String {
-    serde_json::Value::Object(metadata.clone()).to_string()
+    serde_json::to_string(metadata).expect("a JSON map always serializes")
 }
 
 fn emitted_us(event: &Event) -> i64 {
@@ -403,21 +403,45 @@ pub(crate) async fn insert_postgres(
     events: &[(&Event, Vec<NewDelivery>)],
     channel: &str,
 ) -> Result<(), Error> {
-    use sql::postgres;
-    let (destinations, keys): (Vec<&str>, Vec<&str>) = events
+    let ids: Vec<String> = events.iter().map(|(e, _)| e.id().to_string()).collect();
+    let deliveries = events
         .iter()
-        .flat_map(|(_, deliveries)| deliveries)
-        .filter_map(|d| Some((d.destination.as_str(), d.key.as_deref()?)))
-        .unzip();
-    if !keys.is_empty() {
-        sqlx::query(postgres::LOCK_KEYS)
-            .bind(&destinations)
-            .bind(&keys)
-            .execute(&mut *conn)
-            .await?;
+        .zip(&ids)
+        .flat_map(|((_, deliveries), id)| deliveries.iter().map(move |d| (id, d)));
+    let mut of_event = Vec::new();
+    let mut destinations = Vec::new();
+    let mut keys = Vec::new();
+    let mut states = Vec::new();
+    let mut errors = Vec::new();
+    for (id, delivery) in deliveries {
+        of_event.push(id.as_str());
+        destinations.push(delivery.destination.as_str());
+        keys.push(delivery.key.as_deref());
+        states.push(delivery.state);
+        errors.push(delivery.error.as_deref());
     }
-    insert_on!(conn, postgres, true, events)?;
-    sqlx::query(postgres::NOTIFY)
+    sqlx::query(sql::postgres::INSERT)
+        .bind(&ids)
+        .bind(events.iter().map(|(e, _)| e.name()).collect::<Vec<_>>())
+        .bind(events.iter().map(|(e, _)| e.payload()).collect::<Vec<_>>())
+        .bind(
+            events
+                .iter()
+                .map(|(e, _)| metadata_json(e.metadata()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            events
+                .iter()
+                .map(|(e, _)| emitted_us(e))
+                .collect::<Vec<_>>(),
+        )
+        .bind(of_event)
+        .bind(destinations)
+        .bind(keys)
+        .bind(states)
+        .bind(errors)
+        .bind(now_ms())
         .bind(channel)
         .execute(&mut *conn)
         .await?;

@@ -387,7 +387,7 @@ async fn two_transactions_writing_one_key_take_turns_so_it_stays_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_commit_leaves_the_callers_transaction_usable_and_large_ones_are_written_in_parts()
+async fn a_refused_commit_leaves_the_callers_transaction_usable_and_large_ones_are_written_in_order()
  {
     let Some(pool) = database().await else { return };
     let receiver = Receiver::default();
@@ -424,6 +424,22 @@ async fn a_refused_commit_leaves_the_callers_transaction_usable_and_large_ones_a
         buffer.emit("e", &json!({ "n": n })).unwrap();
     }
     assert_eq!(buffer.commit_in(&mut tx).await.unwrap(), 11_000);
+    // Numbered in emit order (one statement writes them all).
+    let payloads: Vec<String> = sqlx::query_scalar(
+        "SELECT convert_from(payload, 'UTF8') FROM emissions_outbox_events ORDER BY seq",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    let numbered: Vec<u64> = payloads
+        .iter()
+        .map(|p| {
+            serde_json::from_str::<serde_json::Value>(p).unwrap()["n"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(numbered, (0..11_000).collect::<Vec<_>>());
     tx.commit().await.unwrap();
     let kept: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM orders")
         .fetch_one(&pool)
