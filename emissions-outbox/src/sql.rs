@@ -150,10 +150,14 @@ pub(crate) mod sqlite {
     pub(crate) const SCHEMA_SET: &str = "INSERT INTO emissions_outbox_schema (version) VALUES (?1)";
     pub(crate) const EVENTS_INSERT: &str = "INSERT INTO emissions_outbox_events \
          (id, name, payload, metadata, emitted_at_us, committed_at_ms) VALUES ";
-    pub(crate) const EVENTS_RETURNING: &str = " RETURNING seq, id";
+    /// Followed by rows (event id, destination, key, state, next attempt, error, update time,
+    /// position) and [`DELIVERIES_OF_EVENTS`]: each row's event number is found by its id.
     pub(crate) const DELIVERIES_INSERT: &str = "INSERT INTO emissions_outbox_deliveries \
          (event_seq, destination, ordering_key, state, next_attempt_at_ms, last_error, \
-          updated_at_ms) VALUES ";
+          updated_at_ms) SELECT e.seq, v.column2, v.column3, v.column4, v.column5, v.column6, \
+          v.column7 FROM (VALUES ";
+    pub(crate) const DELIVERIES_OF_EVENTS: &str = ") AS v \
+         JOIN emissions_outbox_events e ON e.id = v.column1 ORDER BY v.column8";
     // Claims: up to `?5` deliveries of destination `?4` at time `?3` for owner `?1` until `?2`.
     claim_statements!(
         "?",

@@ -284,9 +284,11 @@ pub struct DestinationStats {
     pub redeliveries: u64,
 }
 
+/// `rows` groups of `cols` `?` placeholders; with `numbered`, each group ends with its index
+/// as a literal (to order by).
+#[cfg(feature = "sqlite")]
 fn placeholders(rows: usize, cols: usize, numbered: bool) -> String {
-    let mut sql = String::with_capacity(rows * cols * 4);
-    let mut n = 0;
+    let mut sql = String::with_capacity(rows * (cols * 2 + 8));
     for row in 0..rows {
         if row > 0 {
             sql.push(',');
@@ -296,12 +298,10 @@ fn placeholders(rows: usize, cols: usize, numbered: bool) -> String {
             if col > 0 {
                 sql.push(',');
             }
-            n += 1;
-            if numbered {
-                sql.push_str(&format!("${n}"));
-            } else {
-                sql.push('?');
-            }
+            sql.push('?');
+        }
+        if numbered {
+            sql.push_str(&format!(",{row}"));
         }
         sql.push(')');
     }
@@ -319,75 +319,75 @@ fn emitted_us(event: &Event) -> i64 {
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
-/// Writes `events` and their deliveries on `$conn` (the caller's transaction), with `$q`'s SQL.
-/// Most rows one INSERT writes (the databases cap bound parameters: SQLite at 32 766,
-/// PostgreSQL at 65 535); a larger commit is written in several.
-const ROWS_PER_INSERT: usize = 1000;
+/// Most parameters one SQLite statement binds (SQLite caps them at 32 766).
+#[cfg(feature = "sqlite")]
+const SQLITE_PARAMETERS: usize = 30_000;
 
-macro_rules! insert_on {
-    ($conn:expr, $q:ident, $numbered:expr, $events:expr) => {{
-        let events: &[(&Event, Vec<NewDelivery>)] = $events;
-        let now = now_ms();
-        let mut seqs: HashMap<String, i64> = HashMap::with_capacity(events.len());
-        for chunk in events.chunks(ROWS_PER_INSERT) {
-            let sql = format!(
-                "{}{}{}",
-                $q::EVENTS_INSERT,
-                placeholders(chunk.len(), 6, $numbered),
-                $q::EVENTS_RETURNING
-            );
-            let mut query = sqlx::query(&sql);
-            for (event, _) in chunk {
-                query = query
-                    .bind(event.id().to_string())
-                    .bind(event.name().to_owned())
-                    .bind(event.payload().to_vec())
-                    .bind(metadata_json(event.metadata()))
-                    .bind(emitted_us(event))
-                    .bind(now);
-            }
-            for row in query.fetch_all(&mut *$conn).await? {
-                seqs.insert(row.try_get(1)?, row.try_get(0)?);
-            }
-        }
-        let deliveries: Vec<(i64, &NewDelivery)> = events
-            .iter()
-            .flat_map(|(event, deliveries)| {
-                let seq = seqs[&event.id().to_string()];
-                deliveries.iter().map(move |d| (seq, d))
-            })
-            .collect();
-        for chunk in deliveries.chunks(ROWS_PER_INSERT) {
-            let sql = format!(
-                "{}{}",
-                $q::DELIVERIES_INSERT,
-                placeholders(chunk.len(), 7, $numbered)
-            );
-            let mut query = sqlx::query(&sql);
-            for (seq, delivery) in chunk {
-                query = query
-                    .bind(*seq)
-                    .bind(delivery.destination.clone())
-                    .bind(delivery.key.clone())
-                    .bind(delivery.state)
-                    .bind(now)
-                    .bind(delivery.error.clone())
-                    .bind(now);
-            }
-            query.execute(&mut *$conn).await?;
-        }
-        Ok::<(), Error>(())
-    }};
-}
-
-/// Writes `events` and their deliveries in the caller's SQLite transaction.
+/// Writes `events` and their deliveries in the caller's SQLite transaction: one call to the
+/// connection per part (the events' INSERT and the deliveries' INSERT, which finds each
+/// event's number by its id, sent together), a part being as many events as the parameter
+/// cap allows.
 #[cfg(feature = "sqlite")]
 pub(crate) async fn insert_sqlite(
     conn: &mut sqlx::SqliteConnection,
     events: &[(&Event, Vec<NewDelivery>)],
 ) -> Result<(), Error> {
     use sql::sqlite;
-    insert_on!(conn, sqlite, false, events)
+    let now = now_ms();
+    let mut rest = events;
+    while !rest.is_empty() {
+        // As many events as fit, at least one.
+        let (mut taken, mut deliveries) = (0, 0);
+        while let Some((_, of_event)) = rest.get(taken) {
+            let fits = (taken + 1) * 6 <= SQLITE_PARAMETERS
+                && (deliveries + of_event.len()) * 7 <= SQLITE_PARAMETERS;
+            if taken > 0 && !fits {
+                break;
+            }
+            taken += 1;
+            deliveries += of_event.len();
+        }
+        let (part, later) = rest.split_at(taken);
+        rest = later;
+        let mut statement = format!(
+            "{}{}",
+            sqlite::EVENTS_INSERT,
+            placeholders(part.len(), 6, false)
+        );
+        if deliveries > 0 {
+            statement.push_str(&format!(
+                "; {}{}{}",
+                sqlite::DELIVERIES_INSERT,
+                placeholders(deliveries, 7, true),
+                sqlite::DELIVERIES_OF_EVENTS
+            ));
+        }
+        let ids: Vec<String> = part.iter().map(|(e, _)| e.id().to_string()).collect();
+        let mut query = sqlx::query(&statement);
+        for ((event, _), id) in part.iter().zip(&ids) {
+            query = query
+                .bind(id.as_str())
+                .bind(event.name())
+                .bind(event.payload())
+                .bind(metadata_json(event.metadata()))
+                .bind(emitted_us(event))
+                .bind(now);
+        }
+        for ((_, of_event), id) in part.iter().zip(&ids) {
+            for delivery in of_event {
+                query = query
+                    .bind(id.as_str())
+                    .bind(delivery.destination.as_str())
+                    .bind(delivery.key.as_deref())
+                    .bind(delivery.state)
+                    .bind(now)
+                    .bind(delivery.error.as_deref())
+                    .bind(now);
+            }
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
 }
 
 /// Writes `events` and their deliveries in the caller's PostgreSQL transaction, and notifies

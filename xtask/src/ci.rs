@@ -76,9 +76,45 @@ fn provision_cargo_deny() -> Result<(), String> {
     )
 }
 
+/// `cargo package --workspace` verifies each crate against the others served from a local
+/// registry under `target/package`. Cargo unpacks that registry's crates into
+/// `$CARGO_HOME/registry/src/-<hash of its path>/` and reuses an unpacked copy of the same
+/// name and version without comparing it with the new archive, so a checkout packaged before
+/// at the same path would verify against its old sources. Removes the workspace crates'
+/// unpacked copies from local registries (directories without a host name) first.
+fn forget_unpacked_workspace_crates() -> Result<(), String> {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cargo")));
+    let Some(Ok(registries)) = home.map(|home| std::fs::read_dir(home.join("registry/src"))) else {
+        return Ok(());
+    };
+    for registry in registries.flatten() {
+        if !registry.file_name().to_string_lossy().starts_with('-') {
+            continue;
+        }
+        for unpacked in std::fs::read_dir(registry.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if unpacked
+                .file_name()
+                .to_string_lossy()
+                .starts_with("emissions-")
+            {
+                std::fs::remove_dir_all(unpacked.path())
+                    .map_err(|e| format!("removing {}: {e}", unpacked.path().display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn ci() -> Result<(), String> {
     let root = workspace_root();
     check_msrv(&root)?;
+    forget_unpacked_workspace_crates()?;
     provision_cargo_deny()?;
     let python = provision_python(&root)?;
     let python = python.to_str().ok_or("non-UTF-8 path")?;
