@@ -11,6 +11,7 @@ use crate::Error;
 use crate::config::{Destination, KafkaEndpoint, KeyStrategy};
 use crate::request_builder::{Wire, record};
 use crate::service::{Producer, failure};
+use rdkafka::producer::DeliveryFuture;
 
 type DeliveryFn = std::sync::Arc<dyn Fn(&Event, i32, i64) + Send + Sync>;
 
@@ -36,6 +37,8 @@ pub struct KafkaAdapter {
     producer: Producer,
     options: AdapterOptions,
     on_delivery: Option<DeliveryFn>,
+    /// The batch's records being delivered (kept between batches: no allocation per batch).
+    pending: Vec<(usize, DeliveryFuture)>,
 }
 
 impl fmt::Debug for KafkaAdapter {
@@ -65,6 +68,7 @@ impl KafkaAdapter {
             },
             producer,
             on_delivery: endpoint.on_delivery,
+            pending: Vec::new(),
         }
     }
 
@@ -94,7 +98,7 @@ impl Adapter for KafkaAdapter {
 
     async fn handle_events(&mut self, events: &[Event]) -> Result<(), BatchError> {
         let mut failures: Vec<(usize, Failure)> = Vec::new();
-        let mut pending = Vec::with_capacity(events.len());
+        let mut pending = std::mem::take(&mut self.pending);
         for (index, event) in events.iter().enumerate() {
             let record = match record(&self.destination, &self.key, &self.wire, event) {
                 Ok(record) => record,
@@ -108,7 +112,7 @@ impl Adapter for KafkaAdapter {
                 Err(err) => failures.push((index, failure(err))),
             }
         }
-        for (index, delivery) in pending {
+        for (index, delivery) in pending.drain(..) {
             match delivery.await {
                 Ok(Ok(done)) => {
                     if let Some(hook) = &self.on_delivery {
@@ -119,6 +123,7 @@ impl Adapter for KafkaAdapter {
                 Err(_) => failures.push((index, Failure::permanent(Error::Cancelled))),
             }
         }
+        self.pending = pending;
         self.producer.recover_from_fatal_error(&self.name);
         if failures.is_empty() {
             Ok(())

@@ -27,7 +27,7 @@ pub mod headers {
 #[derive(Debug, PartialEq)]
 pub(crate) struct Record<'a> {
     pub(crate) topic: Cow<'a, str>,
-    pub(crate) key: Option<Vec<u8>>,
+    pub(crate) key: Option<Cow<'a, [u8]>>,
     pub(crate) value: Cow<'a, [u8]>,
     pub(crate) headers: Vec<(Cow<'a, str>, Cow<'a, str>)>,
     pub(crate) timestamp_ms: i64,
@@ -40,18 +40,22 @@ pub(crate) enum Wire {
     CloudEvents(CloudEvents),
 }
 
-fn key_text(value: &serde_json::Value) -> Vec<u8> {
+/// A string as its bytes (borrowed), anything else as its JSON text.
+fn key_text(value: &serde_json::Value) -> Cow<'_, [u8]> {
     match value {
-        serde_json::Value::String(s) => s.as_bytes().to_vec(),
-        other => other.to_string().into_bytes(),
+        serde_json::Value::String(s) => Cow::Borrowed(s.as_bytes()),
+        other => Cow::Owned(other.to_string().into_bytes()),
     }
 }
 
-pub(crate) fn key(strategy: &KeyStrategy, event: &Event) -> Option<Vec<u8>> {
+pub(crate) fn key<'a>(strategy: &KeyStrategy, event: &'a Event) -> Option<Cow<'a, [u8]>> {
     match strategy {
-        KeyStrategy::EventId => Some(event.id().to_string().into_bytes()),
+        KeyStrategy::EventId => Some(Cow::Owned(event.id().to_string().into_bytes())),
         KeyStrategy::Metadata(field) => event.metadata().get(field).map(key_text),
-        KeyStrategy::Payload(pointer) => event.payload_json().pointer(pointer).map(key_text),
+        KeyStrategy::Payload(pointer) => event
+            .payload_json()
+            .pointer(pointer)
+            .map(|value| Cow::Owned(key_text(value).into_owned())),
         KeyStrategy::None => None,
     }
 }
@@ -178,25 +182,25 @@ mod tests {
     fn keys_follow_the_strategy() {
         let e = event();
         assert_eq!(
-            key(&KeyStrategy::EventId, &e),
-            Some(e.id().to_string().into_bytes())
+            key(&KeyStrategy::EventId, &e).as_deref(),
+            Some(e.id().to_string().as_bytes())
         );
         assert_eq!(
-            key(&KeyStrategy::Metadata("order_id".into()), &e),
-            Some(b"o-42".to_vec())
+            key(&KeyStrategy::Metadata("order_id".into()), &e).as_deref(),
+            Some(&b"o-42"[..])
         );
         assert_eq!(
-            key(&KeyStrategy::Metadata("shard".into()), &e),
-            Some(b"7".to_vec())
+            key(&KeyStrategy::Metadata("shard".into()), &e).as_deref(),
+            Some(&b"7"[..])
         );
         assert_eq!(key(&KeyStrategy::Metadata("missing".into()), &e), None);
         assert_eq!(
-            key(&KeyStrategy::Payload("/order/id".into()), &e),
-            Some(b"42".to_vec())
+            key(&KeyStrategy::Payload("/order/id".into()), &e).as_deref(),
+            Some(&b"42"[..])
         );
         assert_eq!(
-            key(&KeyStrategy::Payload("/sku".into()), &e),
-            Some(b"w".to_vec())
+            key(&KeyStrategy::Payload("/sku".into()), &e).as_deref(),
+            Some(&b"w"[..])
         );
         assert_eq!(key(&KeyStrategy::None, &e), None);
     }

@@ -54,7 +54,7 @@ impl Producer {
                 .timestamp(record.timestamp_ms)
                 .headers(headers);
             if let Some(key) = &record.key {
-                kafka_record = kafka_record.key(key.as_slice());
+                kafka_record = kafka_record.key(key.as_ref());
             }
             match self.producer.send_result(kafka_record) {
                 Ok(delivery) => return Ok(delivery),
