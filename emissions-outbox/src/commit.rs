@@ -42,7 +42,14 @@ async fn release<DB: sqlx::Database>(
 /// On PostgreSQL, two transactions that write deliveries with the same ordering key write them
 /// one after the other: the second waits in `commit_in` until the first has ended (a
 /// transaction-scoped advisory lock), so that each key's deliveries keep commit order and
-/// never overlap.
+/// never overlap. (The locks are 1 024 slots that keys hash to, so that a commit of any size
+/// takes at most 1 024 locks; two keys of one slot also take turns.)
+///
+/// On PostgreSQL the rows are written by one statement; a future dropped while that
+/// statement runs cannot know whether it was written, and leaves the buffer open. Its events
+/// are then written at most once all the same: event ids are unique, and committing the
+/// buffer again (in the same transaction or a later one) writes only events not yet written.
+/// Commit it again or roll the transaction back.
 ///
 /// ```no_run
 /// use emissions_outbox::CommitIn;
@@ -98,12 +105,31 @@ impl<'c> CommitIn<sqlx::Transaction<'c, sqlx::Postgres>> for Buffer {
         let outbox = outbox_of(self)?;
         let pending = self.begin_commit()?;
         let rows = outbox.rows(pending.events())?;
-        // In a savepoint: if this fails, or the future is dropped, what it wrote is rolled
-        // back and the caller's transaction goes on as before. `pg_notify` in the transaction:
-        // delivered to every instance's relay on commit.
-        let mut savepoint = sqlx::Acquire::begin(&mut **tx).await?;
-        store::insert_postgres(&mut savepoint, &rows, &outbox.inner().config.channel).await?;
-        Ok(release(savepoint, pending).await?)
+        // The savepoint is taken and ended with plain statements, not sqlx's nested
+        // transaction: sqlx's `begin` dropped before the SAVEPOINT's answer rolls back the
+        // caller's whole transaction. Dropped here, this leaves at most an empty savepoint.
+        let conn: &mut sqlx::PgConnection = tx;
+        sqlx::Executor::execute(&mut *conn, "SAVEPOINT emissions_outbox").await?;
+        // One statement (the rows and the `pg_notify` every instance's relay receives on
+        // commit). Dropped while it runs, its rows may be written while the buffer is open
+        // again: committing the buffer again writes nothing twice (see the trait's docs).
+        match store::insert_postgres(conn, &rows, &outbox.inner().config.channel).await {
+            Ok(()) => {
+                let count = pending.confirm();
+                // Dropped here, the savepoint stays open and its rows commit with `tx`.
+                sqlx::Executor::execute(conn, "RELEASE SAVEPOINT emissions_outbox").await?;
+                Ok(count)
+            }
+            Err(err) => {
+                // The statement failed: back to before it, so that `tx` can go on.
+                sqlx::Executor::execute(
+                    conn,
+                    "ROLLBACK TO SAVEPOINT emissions_outbox; RELEASE SAVEPOINT emissions_outbox",
+                )
+                .await?;
+                Err(err)
+            }
+        }
     }
 }
 

@@ -44,7 +44,8 @@
 //!
 //! A commit writes in a savepoint of the caller's transaction: a database that is down or
 //! refuses at commit is a typed error ([`Error::Database`]), the caller's transaction goes on,
-//! and the buffer keeps its events; so does a payload over
+//! and the buffer keeps its events (an event id already written is never written twice, so
+//! committing the buffer again after a cancelled commit is safe); so does a payload over
 //! [`OutboxConfig::max_payload_bytes`] ([`Error::PayloadTooLarge`]). A commit of any size is
 //! written (in parts, under the databases' parameter limits). An ordering key longer than
 //! [`MAX_KEY_BYTES`] or holding a NUL character stores that delivery `abandoned`, with the

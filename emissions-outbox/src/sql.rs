@@ -249,13 +249,15 @@ pub(crate) mod postgres {
     /// only if) the transaction commits.
     ///
     /// Before any row is written (`locked` is the events' filter, evaluated first), it takes a
-    /// transaction-scoped advisory lock per (destination, ordering key), in a fixed order (no
-    /// deadlock between two commits); the two-number lock space keeps clear of an
-    /// application's one-number locks.
+    /// transaction-scoped advisory lock per slot that its (destination, ordering key) pairs
+    /// hash to — 1 024 slots, so that no commit needs more locks than the server's lock table
+    /// holds —, in a fixed order (no deadlock between two commits); the two-number lock space
+    /// keeps clear of an application's one-number locks. An event already written (its id
+    /// exists: a commit retried after a cancelled one) is skipped with its deliveries.
     pub(crate) const INSERT: &str = "WITH locked AS (
             SELECT count(*) AS n FROM (
                 SELECT pg_advisory_xact_lock(1701930093, h)
-                FROM (SELECT DISTINCT hashtext(d || '/' || k) AS h
+                FROM (SELECT DISTINCT hashtext(d || '/' || k) & 1023 AS h
                       FROM UNNEST($7::TEXT[], $8::TEXT[]) AS t(d, k)
                       WHERE k IS NOT NULL) AS keys
                 ORDER BY h) AS taken
@@ -267,6 +269,7 @@ pub(crate) mod postgres {
                 WITH ORDINALITY AS t(id, name, payload, metadata, at, i)
             WHERE (SELECT n FROM locked) >= 0
             ORDER BY i
+            ON CONFLICT (id) DO NOTHING
             RETURNING seq, id
         ), deliveries AS (
             INSERT INTO emissions_outbox_deliveries

@@ -450,3 +450,119 @@ async fn a_refused_commit_leaves_the_callers_transaction_usable_and_large_ones_a
     assert_eq!(receiver.delivered.lock().unwrap().len(), 11_000);
     emissions.shutdown(Duration::from_secs(5)).await;
 }
+
+/// Polls a future `polls` times (each poll sends what it can), then drops it.
+async fn poll_then_drop<F: std::future::Future>(future: F, polls: usize) -> bool {
+    let mut future = std::pin::pin!(future);
+    for _ in 0..polls {
+        let ready =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(future.as_mut().poll(cx).is_ready()))
+                .await;
+        if ready {
+            return true;
+        }
+        tokio::task::yield_now().await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_in_dropped_anywhere_keeps_the_callers_rows_and_writes_its_events_once() {
+    let Some(pool) = database().await else { return };
+    let receiver = Receiver::default();
+    let (emissions, outbox, _) = instance(&pool, "a", &receiver, config(&pool)).await;
+    let rounds = 60u64;
+    let (mut dropped, mut reopened) = (0, 0);
+    for round in 0..rounds {
+        let mut tx = pool.begin().await.unwrap();
+        sqlx::query("INSERT INTO orders (item) VALUES ($1)")
+            .bind(format!("before-{round}"))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let buffer = emissions.start();
+        for n in 0..3 {
+            buffer
+                .emit(
+                    "e",
+                    &json!({"n": round * 10 + n, "key": format!("k{}", round % 4)}),
+                )
+                .unwrap();
+        }
+        // Dropped after 1, 2, … polls: while the savepoint opens, while the rows are
+        // written, while the savepoint is released — or not at all.
+        if !poll_then_drop(buffer.commit_in(&mut tx), 1 + (round as usize % 12)).await {
+            dropped += 1;
+        }
+        // The caller's transaction is intact: its own row is still there, in it.
+        let own: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM orders WHERE item = $1")
+            .bind(format!("before-{round}"))
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(
+            own, 1,
+            "round {round}: the caller's row is gone from its transaction"
+        );
+        if buffer.state() == emissions_core::BufferState::Open {
+            reopened += 1;
+            // Committed again: nothing written twice.
+            assert_eq!(buffer.commit_in(&mut tx).await.unwrap(), 3);
+        }
+        sqlx::query("INSERT INTO orders (item) VALUES ($1)")
+            .bind(format!("after-{round}"))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+    assert!(
+        dropped > 0 && reopened > 0,
+        "no commit_in was dropped mid-way: the test proves nothing"
+    );
+    let orders: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM orders")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(orders, 2 * rounds as i64, "every row the caller committed");
+    drained(&outbox).await;
+    let mut delivered: Vec<u64> = receiver
+        .delivered
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|d| d.1)
+        .collect();
+    delivered.sort_unstable();
+    let expected: Vec<u64> = (0..rounds)
+        .flat_map(|r| (0..3).map(move |n| r * 10 + n))
+        .collect();
+    assert_eq!(delivered, expected, "every event delivered exactly once");
+    emissions.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_with_tens_of_thousands_of_keys_takes_a_bounded_number_of_locks() {
+    let Some(pool) = database().await else { return };
+    let receiver = Receiver::default();
+    let (emissions, outbox, _) = instance(&pool, "a", &receiver, config(&pool)).await;
+    let buffer = emissions.start();
+    for n in 0..30_000u64 {
+        buffer
+            .emit("e", &json!({"n": n, "key": format!("order-{n}")}))
+            .unwrap();
+    }
+    let mut tx = pool.begin().await.unwrap();
+    assert_eq!(buffer.commit_in(&mut tx).await.unwrap(), 30_000);
+    let locks: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert!(locks <= 1024, "{locks} advisory locks held");
+    tx.commit().await.unwrap();
+    drained(&outbox).await;
+    assert_eq!(receiver.delivered.lock().unwrap().len(), 30_000);
+    emissions.shutdown(Duration::from_secs(10)).await;
+}
