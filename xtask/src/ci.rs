@@ -2,9 +2,9 @@
 //! (as data: a name, cargo's arguments, the environment).
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use crate::services::{BROKERS_VAR, brokers_for_run, provision_python};
+use crate::services::{BROKERS_VAR, brokers_for_run, provision_python, runs};
 use crate::{browser, cargo, kafka_tls, postgres, step, workspace_root};
 
 /// Every feature of the workspace that builds without system libraries beyond OpenSSL's
@@ -59,13 +59,9 @@ const CARGO_DENY: &str = "0.20.2";
 
 /// Installs cargo-deny unless `cargo deny` already runs.
 fn provision_cargo_deny() -> Result<(), String> {
-    let present = cargo()
-        .args(["deny", "--version"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if present {
+    let mut version = cargo();
+    version.args(["deny", "--version"]);
+    if runs(version) {
         return Ok(());
     }
     let mut install = cargo();

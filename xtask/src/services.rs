@@ -204,15 +204,20 @@ pub(crate) fn broker_stop() -> Result<(), String> {
     Ok(())
 }
 
-/// Installs Debian's Chromium when it is missing (CI runs as root on a fresh machine).
-pub(crate) fn ensure_chromium() -> Result<(), String> {
-    let present = Command::new("chromium")
-        .arg("--version")
+/// Whether `command` runs and succeeds (its output discarded): is a tool installed?
+pub(crate) fn runs(mut command: Command) -> bool {
+    command
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .is_ok_and(|s| s.success());
-    if present {
+        .is_ok_and(|s| s.success())
+}
+
+/// Installs Debian's Chromium when it is missing (CI runs as root on a fresh machine).
+pub(crate) fn ensure_chromium() -> Result<(), String> {
+    let mut version = Command::new("chromium");
+    version.arg("--version");
+    if runs(version) {
         return Ok(());
     }
     apt_install(
