@@ -47,13 +47,18 @@ impl Authorize for Tenants {
     }
 }
 
+/// A reader's connection, kept open until the run is measured.
+type Client =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// What a reader returns: the latencies it saw, and its connection.
+type Reader = tokio::task::JoinHandle<(Vec<u64>, Client)>;
+
 /// Connects `clients` readers to `url`; each reads `events` frames carrying `"t":<µs>` and
-/// returns the latencies it saw.
-async fn readers(
-    url: &str,
-    clients: usize,
-    events: usize,
-) -> Vec<tokio::task::JoinHandle<Vec<u64>>> {
+/// returns the latencies it saw with its connection, still open: connections close only
+/// after the run is measured, so that no server spends the measured window tearing down
+/// connections (the feed notices a client leave; the bare servers, which never read, do not).
+async fn readers(url: &str, clients: usize, events: usize) -> Vec<Reader> {
     let mut handles = Vec::with_capacity(clients);
     for _ in 0..clients {
         let mut request = url.into_client_request().unwrap();
@@ -80,7 +85,7 @@ async fn readers(
                     _ => break,
                 }
             }
-            latencies
+            (latencies, ws)
         }));
     }
     handles
@@ -93,12 +98,17 @@ struct Run {
     p99: u64,
 }
 
-async fn collect(started: Instant, handles: Vec<tokio::task::JoinHandle<Vec<u64>>>) -> Run {
+/// Waits until every reader has its frames, then closes the connections.
+async fn collect(started: Instant, handles: Vec<Reader>) -> Run {
     let mut all = Vec::new();
+    let mut connections = Vec::with_capacity(handles.len());
     for handle in handles {
-        all.extend(handle.await.unwrap());
+        let (latencies, connection) = handle.await.unwrap();
+        all.extend(latencies);
+        connections.push(connection);
     }
     let secs = started.elapsed().as_secs_f64();
+    drop(connections);
     all.sort_unstable();
     let pick = |p: f64| {
         all.get(((all.len().max(1) - 1) as f64 * p) as usize)
@@ -119,10 +129,7 @@ async fn mounted(
     feed: &LiveFeed<Tenants>,
     clients: usize,
     events: usize,
-) -> (
-    tokio::task::JoinHandle<()>,
-    Vec<tokio::task::JoinHandle<Vec<u64>>>,
-) {
+) -> (tokio::task::JoinHandle<()>, Vec<Reader>) {
     let app = axum::Router::new().route("/live", feed.handler());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -387,43 +394,60 @@ fn main() {
     #[cfg(feature = "kafka")]
     let cluster = rt.block_on(cluster_latency(if quick { 10 } else { 500 }));
     let rate = |r: &Run| r.delivered as f64 / r.secs;
-    // Five rounds, the four servers back to back in each; each row is its median round.
-    let mut rounds: [Vec<Run>; 4] = Default::default();
-    for _ in 0..5 {
-        rounds[0].push(rt.block_on(bare_run(clients, events, false)));
-        rounds[1].push(rt.block_on(bare_run(clients, events, true)));
-        rounds[2].push(rt.block_on(bare_axum_run(clients, events)));
-        rounds[3].push(rt.block_on(emissions_run(clients, events)));
+    // Nine rounds, the four servers back to back in each. Each row shows its median round;
+    // its ratios are the medians of the per-round ratios (a round's servers run under the
+    // same conditions, so the ratios spread less than the rates between rounds).
+    let rounds_n = if quick { 1 } else { 9 };
+    let mut rounds: Vec<[Run; 4]> = Vec::with_capacity(rounds_n);
+    for _ in 0..rounds_n {
+        rounds.push([
+            rt.block_on(bare_run(clients, events, false)),
+            rt.block_on(bare_run(clients, events, true)),
+            rt.block_on(bare_axum_run(clients, events)),
+            rt.block_on(emissions_run(clients, events)),
+        ]);
     }
-    let [bare, batched, axum_batched, ours] = rounds.map(|mut runs| {
+    let median = |mut values: Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    let ratios = |server: usize, to: usize| -> Vec<f64> {
+        rounds
+            .iter()
+            .map(|round| rate(&round[server]) / rate(&round[to]))
+            .collect()
+    };
+    let row = |label: &str, server: usize| {
+        let mut runs: Vec<&Run> = rounds.iter().map(|round| &round[server]).collect();
         runs.sort_by(|a, b| rate(a).total_cmp(&rate(b)));
-        runs.swap_remove(2)
-    });
-    let row = |label: &str, r: &Run| {
+        let r = runs[runs.len() / 2];
         format!(
             "| {label} | {:.0} | {:.2} | {:.2} | {:.1} ms | {:.1} ms | {} |\n",
             rate(r),
-            rate(r) / rate(&bare),
-            rate(r) / rate(&batched),
+            median(ratios(server, 0)),
+            median(ratios(server, 1)),
             r.p50 as f64 / 1000.0,
             r.p99 as f64 / 1000.0,
             clients * events - r.delivered,
         )
     };
+    let spread = ratios(3, 1);
     let table = format!(
-        "{clients} clients × {events} events, published as fast as possible; median of five rounds.\n\n\
+        "{clients} clients × {events} events, published as fast as possible; {rounds_n} rounds.\n\n\
          | implementation | frames delivered/s | ratio to bare loop (target ≥ 0.8) | ratio to bare batched writes | p50 | p99 | frames lost |\n|---|---:|---:|---:|---:|---:|---:|\n\
-         {}{}{}{}",
-        row("bare tokio-tungstenite broadcast, flush per frame", &bare),
-        row("bare tokio-tungstenite broadcast, batched writes", &batched),
+         {}{}{}{}\nLive feed ÷ bare batched writes, round by round (in order): {}.\n",
+        row("bare tokio-tungstenite broadcast, flush per frame", 0),
+        row("bare tokio-tungstenite broadcast, batched writes", 1),
         row(
             "the same through axum's WebSocket (upgraded hyper connection)",
-            &axum_batched
+            2
         ),
-        row(
-            "**live feed** (axum-mounted, every frame authorized)",
-            &ours
-        ),
+        row("**live feed** (axum-mounted, every frame authorized)", 3),
+        spread
+            .iter()
+            .map(|r| format!("{r:.2}"))
+            .collect::<Vec<_>>()
+            .join(", "),
     );
     #[cfg(feature = "kafka")]
     let table = match cluster {

@@ -8,14 +8,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::extract::FromRequestParts;
-use axum::extract::ws::{CloseFrame, Message};
 use axum::http::StatusCode;
 use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::MethodRouter;
 use emissions_core::{Event, TopicRouter};
-use futures_util::FutureExt;
+use futures_util::{FutureExt, SinkExt};
 use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::Error;
 use crate::adapter::FeedAdapter;
@@ -250,27 +251,30 @@ impl<A: Authorize> LiveFeed<A> {
                 let failed = hub.clone();
                 let hub = hub.clone();
                 let limit = hub.limits.max_inbound_bytes;
-                upgrade
+                let config = WebSocketConfig::default()
                     // tungstenite zeroes the whole read buffer (128 KiB by default) on
                     // every read attempt, and a connection reads whenever it is idle.
                     .read_buffer_size(READ_BUFFER.min(limit))
-                    .max_message_size(limit)
-                    .max_frame_size(limit)
-                    .on_failed_upgrade(move |err: axum::Error| failed.rejected(&err.to_string()))
-                    .on_upgrade(move |mut socket| async move {
+                    .max_message_size(Some(limit))
+                    .max_frame_size(Some(limit));
+                upgrade.respond(
+                    config,
+                    move |err| failed.rejected(&err.to_string()),
+                    move |mut socket| async move {
                         match joining.register(&hub).await {
                             Some(registration) => {
                                 service::websocket(socket, hub, registration).await;
                             }
                             None => {
                                 let close = CloseFrame {
-                                    code: 1001,
-                                    reason: "server shutting down".into(),
+                                    code: 1001.into(),
+                                    reason: Utf8Bytes::from_static("server shutting down"),
                                 };
                                 let _ = socket.send(Message::Close(Some(close))).await;
                             }
                         }
-                    })
+                    },
+                )
             }
             Transport::Sse => Sse::new(service::sse(hub.clone(), joining))
                 .keep_alive(KeepAlive::new().interval(hub.limits.ping_interval))

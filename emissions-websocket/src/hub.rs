@@ -6,11 +6,12 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
-use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
 use emissions_core::{CloudEvents, Event};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::config::Limits;
 use crate::position::Position;
@@ -150,6 +151,8 @@ pub(crate) struct Entry {
     pub(crate) position: String,
     /// The JSON frame.
     pub(crate) text: Utf8Bytes,
+    /// The JSON frame as a WebSocket text message, the same for every connection.
+    pub(crate) frame: Bytes,
 }
 
 /// What a connection is allowed to see: the app's `may_see` bound to its principal.
@@ -254,10 +257,10 @@ pub(crate) struct Registration {
 }
 
 impl Registration {
-    /// Reads up to `max` frames for this connection into `batch` (reused, so that reading
-    /// allocates nothing) and counts them as being written.
-    pub(crate) fn pull(&self, batch: &mut Vec<Arc<Entry>>, max: usize) -> Pull {
-        self.hub.pull(&self.viewer, &self.outlet, batch, max)
+    /// Hands up to `max` frames for this connection to `take`, in order, and counts them as
+    /// being written.
+    pub(crate) fn pull(&self, max: usize, take: impl FnMut(&Arc<Entry>)) -> Pull {
+        self.hub.pull(&self.viewer, &self.outlet, max, take)
     }
 
     /// `n` preface frames are being written.
@@ -309,7 +312,7 @@ impl Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         let mut state = self.hub.write();
-        self.hub.settle(&state, &self.viewer, &self.outlet);
+        self.hub.settle(&mut state, &self.viewer, &self.outlet);
         // Ended without saying why: its task panicked or was dropped.
         self.hub.end(&mut state, &self.outlet, Disconnect::Error);
     }
@@ -600,8 +603,9 @@ impl Hub {
     }
 
     /// Settles a connection's books once: frames for it still in the ring past its cursor,
-    /// and frames set aside, are dropped; frames being written are unconfirmed.
-    fn settle(&self, state: &State, viewer: &Viewer, outlet: &Outlet) {
+    /// and frames set aside, are dropped; frames being written are unconfirmed. Under the
+    /// state's write lock, so that no `pull` is reading for the connection.
+    fn settle(&self, state: &mut State, viewer: &Viewer, outlet: &Outlet) {
         let mut books = outlet.books();
         if books.closed {
             return;
@@ -716,19 +720,22 @@ impl Hub {
         })
     }
 
-    /// Reads the ring from the connection's cursor: up to `max` frames it may see and
-    /// subscribed to, counted as being written before the cursor moves past them.
+    /// Reads the ring from the connection's cursor: hands up to `max` frames it may see and
+    /// subscribed to to `take`, counted as being written before the cursor moves past them.
+    /// Books are settled only under the state's write lock, so they cannot close while this
+    /// reads.
     fn pull(
         &self,
         viewer: &Viewer,
         outlet: &Outlet,
-        batch: &mut Vec<Arc<Entry>>,
         max: usize,
+        mut take: impl FnMut(&Arc<Entry>),
     ) -> Pull {
         let state = self.read();
         let front = state.front_seq();
         let mut at = outlet.cursor.load(Ordering::Acquire);
-        if at < front {
+        let mut books = outlet.books();
+        if at < front || books.closed {
             // Only a connection already cut off falls behind the ring.
             return Pull::Closed;
         }
@@ -736,21 +743,16 @@ impl Hub {
             .subscription
             .read()
             .unwrap_or_else(|e| e.into_inner());
-        let before = batch.len();
-        while at < state.next_seq && batch.len() - before < max {
+        let mut taken = 0;
+        while at < state.next_seq && taken < max {
             let kept = &state.ring[(at - front) as usize];
             at += 1;
             if !kept.history && viewer.shows(self, &subscription, &kept.entry) {
-                batch.push(kept.entry.clone());
+                take(&kept.entry);
+                taken += 1;
             }
         }
         drop(subscription);
-        let taken = batch.len() - before;
-        let mut books = outlet.books();
-        if books.closed {
-            batch.truncate(before);
-            return Pull::Closed;
-        }
         books.writing += taken as u64;
         outlet.cursor.store(at, Ordering::Release);
         drop(books);
@@ -946,7 +948,7 @@ impl Hub {
         let mut state = self.write();
         let outlets: Vec<Client> = state.outlets.values().cloned().collect();
         for client in &outlets {
-            self.settle(&state, &client.viewer, &client.outlet);
+            self.settle(&mut state, &client.viewer, &client.outlet);
             // Ended as far as the feed is concerned (an SSE response whose client stopped
             // reading is closed by the HTTP server only when its socket is).
             self.end(&mut state, &client.outlet, Disconnect::Shutdown);
@@ -1038,7 +1040,7 @@ mod tests {
         hub.publish(entries(3000, 300), &[3300]);
         assert_eq!(hub.stats().disconnects_for(Disconnect::Slow), 0);
         let mut batch = Vec::new();
-        while let Pull::Frames = registration.pull(&mut batch, 64) {}
+        while let Pull::Frames = registration.pull(64, |e| batch.push(e.clone())) {}
         let offsets: Vec<u64> = batch.iter().map(|f| f.offset).collect();
         assert_eq!(offsets, (3000..3300).collect::<Vec<_>>());
     }

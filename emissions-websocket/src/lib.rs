@@ -114,6 +114,7 @@ mod position;
 mod request_builder;
 mod selection;
 mod service;
+mod socket;
 
 pub use adapter::FeedAdapter;
 pub use config::{Authorize, FeedBuilder, Public, Refusal};

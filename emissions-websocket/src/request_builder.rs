@@ -1,4 +1,5 @@
-//! Event → frame: the JSON text every transport carries. Pure; no I/O.
+//! Event → frame: the JSON text every transport carries, and its WebSocket frame. Pure; no
+//! I/O.
 //!
 //! `{"type":"event","position","event"}` — `event` is the event's envelope as every adapter
 //! writes it ([`Event::envelope`]: `{"id","type","time","metadata","data"}`, the payload
@@ -7,13 +8,15 @@
 
 use std::sync::Arc;
 
-use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
 use emissions_core::envelope::CloudEvent;
 use emissions_core::{CloudEvents, Envelope, Event};
 use serde::Serialize;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::hub::Entry;
 use crate::position::Position;
+use crate::socket;
 
 #[derive(Serialize)]
 #[serde(untagged)]
@@ -31,6 +34,7 @@ struct EventFrame<'a> {
 }
 
 /// The entry for `event` at `offset` of `stream`; `cursor` is the stream's cursor after it.
+/// The text is encoded once as a WebSocket frame, and the SSE text is a view of it.
 pub(crate) fn entry(
     event: Event,
     topic: Option<Arc<str>>,
@@ -51,13 +55,16 @@ pub(crate) fn entry(
     };
     // Strings, an envelope and a CloudEvent: serde_json writes them without fail.
     let text = serde_json::to_string(&frame).expect("a frame always serializes");
+    let frame = Bytes::from(socket::text_frame(&text));
+    let text = frame.slice(frame.len() - text.len()..);
     Arc::new(Entry {
         stream,
         offset,
         event,
         topic,
         position,
-        text: Utf8Bytes::from(text),
+        text: Utf8Bytes::try_from(text).expect("the frame ends with the text"),
+        frame,
     })
 }
 
@@ -84,6 +91,7 @@ mod tests {
         assert_eq!(frame["event"], envelope);
         assert_eq!(frame["event"]["type"], "café_opened");
         assert_eq!(frame["event"]["data"], serde_json::json!({"é": [1, 2]}));
+        assert_eq!(&entry.frame[..], socket::text_frame(entry.text.as_str()));
     }
 
     #[test]

@@ -7,18 +7,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::FromRequestParts;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
-use futures_util::{SinkExt, Stream, StreamExt};
+use futures_util::{FutureExt, SinkExt, Stream, StreamExt};
 use serde::Deserialize;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 
 use crate::hub::{Disconnect, Entry, Hub, Out, Outlet, Pull, Registration, Slot, Start, Visible};
 use crate::selection::Selection;
+use crate::socket::{Socket, Upgrade};
 
 /// A feed request, read from the request head: the transport (a WebSocket upgrade, or SSE
 /// for `Accept: text/event-stream`), the subscription (`events=`, `topics=`), and where to
@@ -51,7 +54,7 @@ impl std::fmt::Debug for FeedRequest {
 }
 
 pub(crate) enum Transport {
-    WebSocket(WebSocketUpgrade),
+    WebSocket(Upgrade),
     Sse,
 }
 
@@ -62,7 +65,7 @@ fn bad_request(reason: impl Into<String>) -> Response {
 impl<S: Send + Sync> FromRequestParts<S> for FeedRequest {
     type Rejection = Response;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Response> {
         let query = parts.uri.query().unwrap_or_default().to_owned();
         let subscription = Selection::from_query(&query).map_err(bad_request)?;
         let param = |name: &str| {
@@ -101,11 +104,7 @@ impl<S: Send + Sync> FromRequestParts<S> for FeedRequest {
             .get(header::UPGRADE)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
         let transport = if upgrade {
-            Transport::WebSocket(
-                WebSocketUpgrade::from_request_parts(parts, state)
-                    .await
-                    .map_err(IntoResponse::into_response)?,
-            )
+            Transport::WebSocket(Upgrade::from_parts(parts).map_err(IntoResponse::into_response)?)
         } else if parts
             .headers
             .get_all(header::ACCEPT)
@@ -167,20 +166,17 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 const WRITE_BATCH: usize = 64;
 
 /// Runs one WebSocket connection to its end.
-pub(crate) async fn websocket(
-    mut socket: WebSocket,
-    hub: Arc<Hub>,
-    mut registration: Registration,
-) {
+pub(crate) async fn websocket(mut socket: Socket, hub: Arc<Hub>, mut registration: Registration) {
     let mut cut = hub.cut();
     let reason = pump(&mut socket, &hub, &mut registration, &mut cut)
         .await
         .unwrap_or_else(|reason| reason);
     if !matches!(reason, Disconnect::Client | Disconnect::Error) {
         let frame = CloseFrame {
-            code: reason.code(),
+            code: reason.code().into(),
             reason: Utf8Bytes::from_static(reason.reason()),
         };
+        // After whatever the wire still holds: a close never cuts a frame in two.
         let close = tokio::time::timeout(CLOSE_GRACE, socket.send(Message::Close(Some(frame))));
         tokio::select! {
             _ = close => {}
@@ -191,21 +187,14 @@ pub(crate) async fn websocket(
     drop(registration);
 }
 
-/// Writes `frames` (already counted as being written) with one flush, leaving the batch
-/// empty; counts them sent once flushed.
-async fn write(
-    socket: &mut WebSocket,
-    registration: &Registration,
-    frames: &mut Vec<Arc<Entry>>,
-) -> Result<(), Disconnect> {
-    let n = frames.len() as u64;
-    for entry in frames.drain(..) {
-        socket
-            .feed(Message::Text(entry.text.clone()))
-            .await
-            .map_err(write_error)?;
-    }
-    socket.flush().await.map_err(write_error)?;
+/// Sends the `n` event frames queued on the wire (already counted as being written) with
+/// what else it holds; counts them sent once the socket has taken them all. Dropped
+/// half-way, it leaves them on the wire, where the next flush resumes.
+async fn flush(socket: &mut Socket, registration: &Registration, n: u64) -> Result<(), Disconnect> {
+    socket.get_mut().flush().await.map_err(|err| {
+        tracing::debug!(target: "emissions::websocket", %err, "write failed");
+        Disconnect::Error
+    })?;
     registration.written(n);
     Ok(())
 }
@@ -234,7 +223,7 @@ async fn guarded(
 }
 
 async fn pump(
-    socket: &mut WebSocket,
+    socket: &mut Socket,
     hub: &Hub,
     registration: &mut Registration,
     cut: &mut watch::Receiver<bool>,
@@ -249,7 +238,8 @@ async fn pump(
             match out {
                 Out::Event(entry) => {
                     registration.writing_preface(1);
-                    write(socket, registration, &mut vec![entry]).await
+                    socket.get_mut().queue(&entry.frame);
+                    flush(socket, registration, 1).await
                 }
                 Out::Control(text) => socket
                     .send(Message::Text(Utf8Bytes::from(text)))
@@ -259,7 +249,6 @@ async fn pump(
         };
         guarded(sent, &outlet, cut, patience).await?;
     }
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
     let mut last_heard = Instant::now();
     let mut ping =
         tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
@@ -268,15 +257,29 @@ async fn pump(
         // shared `Notify` (under its lock) only when the connection goes idle.
         let published = hub.published.notified();
         tokio::pin!(published);
-        match registration.pull(&mut batch, WRITE_BATCH) {
+        // The frames go from the feed's ring onto the wire, encoded once for everyone, and
+        // leave in one write.
+        let wire = socket.get_mut();
+        let mut taken = 0;
+        match registration.pull(WRITE_BATCH, |entry| {
+            wire.queue(&entry.frame);
+            taken += 1;
+        }) {
             Pull::Frames => {
-                guarded(
-                    write(socket, registration, &mut batch),
-                    &outlet,
-                    cut,
-                    patience,
-                )
-                .await?;
+                guarded(flush(socket, registration, taken), &outlet, cut, patience).await?;
+                // Between batches too, without waiting: a connection that never goes idle
+                // still hears its client's pings, subscription changes and close.
+                if let Some(inbound) = socket.next().now_or_never() {
+                    last_heard = Instant::now();
+                    let reply = match heard(inbound, registration) {
+                        Ok(reply) => reply,
+                        Err(end) => return end,
+                    };
+                    if let Some(reply) = reply {
+                        let send = async { socket.send(reply).await.map_err(write_error) };
+                        guarded(send, &outlet, cut, patience).await?;
+                    }
+                }
                 continue;
             }
             // The feed shuts down and everything for this connection has been written.
@@ -288,14 +291,12 @@ async fn pump(
             () = &mut published => continue,
             () = outlet.kick.notified() => return Ok(stopped(registration)),
             () = cut_off(cut) => return Err(Disconnect::Shutdown),
-            inbound = socket.recv() => {
+            inbound = socket.next() => {
                 last_heard = Instant::now();
-                match inbound {
-                    None | Some(Ok(Message::Close(_))) => return Ok(Disconnect::Client),
-                    Some(Ok(Message::Text(text))) => apply(text.as_str(), registration),
-                    Some(Ok(Message::Binary(_))) => control("error", serde_json::json!({"message": "binary messages are not supported"})),
-                    Some(Ok(_)) => continue, // ping (answered by the library), pong
-                    Some(Err(err)) => return Err(inbound_error(&err)),
+                match heard(inbound, registration) {
+                    Ok(Some(reply)) => reply,
+                    Ok(None) => continue,
+                    Err(end) => return end,
                 }
             },
             _ = ping.tick() => {
@@ -310,7 +311,25 @@ async fn pump(
     }
 }
 
-fn write_error(err: axum::Error) -> Disconnect {
+/// What the client said: the answer to send, if any; `Err` ends the connection (`Ok` inside
+/// for a client that closed, `Err` for an error).
+fn heard(
+    inbound: Option<Result<Message, tungstenite::Error>>,
+    registration: &Registration,
+) -> Result<Option<Message>, Result<Disconnect, Disconnect>> {
+    match inbound {
+        None | Some(Ok(Message::Close(_))) => Err(Ok(Disconnect::Client)),
+        Some(Ok(Message::Text(text))) => Ok(Some(apply(text.as_str(), registration))),
+        Some(Ok(Message::Binary(_))) => Ok(Some(control(
+            "error",
+            serde_json::json!({"message": "binary messages are not supported"}),
+        ))),
+        Some(Ok(_)) => Ok(None), // ping (answered by the library), pong
+        Some(Err(err)) => Err(Err(inbound_error(&err))),
+    }
+}
+
+fn write_error(err: tungstenite::Error) -> Disconnect {
     tracing::debug!(target: "emissions::websocket", %err, "write failed");
     Disconnect::Error
 }
@@ -324,17 +343,11 @@ async fn cut_off(cut: &mut watch::Receiver<bool>) {
 }
 
 /// An inbound message over the limit, or another protocol or I/O error.
-fn inbound_error(err: &axum::Error) -> Disconnect {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(error) = source {
-        if let Some(tokio_tungstenite::tungstenite::Error::Capacity(_)) =
-            error.downcast_ref::<tokio_tungstenite::tungstenite::Error>()
-        {
-            return Disconnect::TooBig;
-        }
-        source = error.source();
+fn inbound_error(err: &tungstenite::Error) -> Disconnect {
+    match err {
+        tungstenite::Error::Capacity(_) => Disconnect::TooBig,
+        _ => Disconnect::Error,
     }
-    Disconnect::Error
 }
 
 /// One SSE connection: the stream the HTTP server pulls frames from. Dropped by the server
@@ -345,8 +358,6 @@ struct SseFeed {
     preface: VecDeque<Out>,
     /// Pulled from the feed, not yet handed to the server.
     pending: VecDeque<Arc<Entry>>,
-    /// Where the feed is read into (reused).
-    batch: Vec<Arc<Entry>>,
     cut: watch::Receiver<bool>,
     reason: Disconnect,
 }
@@ -377,11 +388,11 @@ impl SseFeed {
             // Sees every later `notify_waiters` without registering (see `pump`).
             let published = hub.published.notified();
             tokio::pin!(published);
-            match self.registration.pull(&mut self.batch, WRITE_BATCH) {
-                Pull::Frames => {
-                    self.pending.extend(self.batch.drain(..));
-                    continue;
-                }
+            let pending = &mut self.pending;
+            match self.registration.pull(WRITE_BATCH, |entry| {
+                pending.push_back(entry.clone());
+            }) {
+                Pull::Frames => continue,
                 Pull::Drained => {
                     self.ended(Disconnect::Shutdown);
                     return None;
@@ -474,7 +485,6 @@ fn sse_frames(
         registration,
         preface,
         pending: VecDeque::new(),
-        batch: Vec::new(),
         cut,
         reason: Disconnect::Client,
     };

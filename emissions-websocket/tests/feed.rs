@@ -807,3 +807,142 @@ async fn a_panicking_authenticate_is_answered_500_and_counted() {
     assert_eq!(app.feed.stats().rejected, 1);
     assert!(try_ws(app.addr, Some("alice"), "", &[]).await.is_ok());
 }
+
+/// The upgrade is answered by the feed itself: a raw HTTP/1.1 client with Firefox's
+/// `Connection: keep-alive, Upgrade` gets RFC 6455's accept key for RFC 6455's sample
+/// nonce, then a server frame as the RFC defines it (final, text, unmasked, its length);
+/// malformed upgrades get axum's answers and are counted.
+#[tokio::test]
+async fn the_upgrade_and_the_frames_are_rfc_6455_byte_for_byte() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = app(orders()).await;
+    let mut raw = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    raw.write_all(
+        b"GET /live HTTP/1.1\r\nHost: app.test\r\nCookie: user=alice\r\n\
+          Connection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(raw.read_u8().await.unwrap());
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=\r\n"),
+        "{head}"
+    );
+    until("registered", || app.feed.stats().connected == 1).await;
+    commit(&app.emissions, &[("order_created", "alice")]).await;
+    let (fin_text, length) = (raw.read_u8().await.unwrap(), raw.read_u8().await.unwrap());
+    assert_eq!(fin_text, 0x81, "final text frame");
+    let length = match length {
+        126 => usize::from(raw.read_u16().await.unwrap()),
+        n => {
+            assert!(
+                n < 126,
+                "unmasked, and a frame this short has a short length"
+            );
+            usize::from(n)
+        }
+    };
+    let mut payload = vec![0; length];
+    raw.read_exact(&mut payload).await.unwrap();
+    let frame: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(frame["type"], "event");
+    assert_eq!(frame["event"]["metadata"]["user_id"], "alice");
+    until("counted sent", || app.feed.stats().frames_sent == 1).await;
+
+    let client = reqwest::Client::new();
+    let upgrade = |headers: &[(&'static str, &'static str)]| {
+        let mut request = client
+            .get(format!("http://{}/live", app.addr))
+            .header("cookie", "user=alice");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send()
+    };
+    let key = ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+    let cases: [(&[(&'static str, &'static str)], &str); 3] = [
+        (
+            &[
+                ("connection", "upgrade"),
+                ("upgrade", "websocket"),
+                ("sec-websocket-version", "13"),
+            ],
+            "Sec-WebSocket-Key",
+        ),
+        (
+            &[
+                ("connection", "upgrade"),
+                ("upgrade", "websocket"),
+                ("sec-websocket-version", "8"),
+                key,
+            ],
+            "Sec-WebSocket-Version",
+        ),
+        (
+            &[
+                ("connection", "close"),
+                ("upgrade", "websocket"),
+                ("sec-websocket-version", "13"),
+                key,
+            ],
+            "Connection",
+        ),
+    ];
+    for (headers, names) in cases {
+        let response = upgrade(headers).await.unwrap();
+        assert_eq!(response.status(), 400);
+        let body = response.text().await.unwrap();
+        assert!(body.contains(names), "{names}: {body}");
+    }
+    assert_eq!(app.feed.stats().rejected, 3);
+}
+
+/// A client that pings all the while 2 000 large frames stream to it gets every frame whole
+/// and in order, and its pongs in between: the feed's frames and the protocol's own share
+/// the socket without ever cutting one another in two.
+#[tokio::test]
+async fn a_client_pinging_while_frames_stream_gets_every_frame_whole_and_its_pongs() {
+    let app = app(orders().client_queue(4_096, 64 * 1024 * 1024)).await;
+    let (mut sink, mut stream) = ws(&app, "alice", "").await.split();
+    let pinger = tokio::spawn(async move {
+        for i in 0..300u32 {
+            sink.send(Message::Ping(i.to_be_bytes().to_vec().into()))
+                .await
+                .unwrap();
+            tokio::task::yield_now().await;
+        }
+        sink
+    });
+    let committing = {
+        let emissions = app.emissions.clone();
+        tokio::spawn(async move {
+            for _ in 0..4 {
+                commit_padded(&emissions, 500, "alice", 2_000).await;
+            }
+        })
+    };
+    let (mut seqs, mut pongs) = (Vec::new(), 0);
+    while seqs.len() < 2_000 {
+        match tokio::time::timeout(Duration::from_secs(10), stream.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => {
+                let frame: serde_json::Value = serde_json::from_str(text.as_str()).unwrap();
+                seqs.push(frame["event"]["data"]["seq"].as_u64().unwrap());
+            }
+            Ok(Some(Ok(Message::Pong(_)))) => pongs += 1,
+            other => panic!("after {} frames: {other:?}", seqs.len()),
+        }
+    }
+    committing.await.unwrap();
+    let _sink = pinger.await.unwrap();
+    let expected: Vec<u64> = (0..4).flat_map(|_| 0..500).collect();
+    assert_eq!(seqs, expected);
+    assert!(pongs > 0, "pings answered while the frames streamed");
+    until("all counted sent", || app.feed.stats().frames_sent == 2_000).await;
+    assert_eq!(app.feed.stats().dropped_frames, 0);
+}

@@ -1,0 +1,429 @@
+//! A WebSocket connection's I/O: the HTTP/1.1 upgrade answered in the app's own router, and
+//! the wire that carries the feed's frames.
+//!
+//! # Frames written once for every connection
+//!
+//! A server's frames are not masked, so an event's WebSocket frame is the same bytes for
+//! every connection: it is encoded once, when the event enters the feed, and a connection
+//! copies the frames it may see straight from the feed into its [`Wire`]'s buffer and hands
+//! them to the socket in one write. tungstenite still reads the client's frames and writes
+//! the protocol's own (pongs, closes, control answers) through the same buffer.
+//!
+//! # Order and cancellation
+//!
+//! The wire's buffer takes whole frames only: tungstenite writes a frame in one call, which the
+//! wire accepts in full or not at all, and the feed appends whole frames. So frames never
+//! interleave, whichever side wrote them. What was handed to the socket is tracked in the
+//! wire, not in a future: a flush dropped half-way resumes where it stopped, and a close
+//! frame goes out after the frames queued before it.
+//!
+//! # Backpressure
+//!
+//! tungstenite's writes (pongs to a client that pings without reading, say) wait once more
+//! than [`Wire::BACKLOG`] bytes are queued; the feed appends only after its previous frames
+//! were flushed, at most a write batch at a time.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Version, header};
+use axum::response::{IntoResponse, Response};
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+/// A feed connection's WebSocket: tungstenite over the [`Wire`].
+pub(crate) type Socket = WebSocketStream<Wire>;
+
+/// A valid WebSocket upgrade request (RFC 6455 over HTTP/1.1), not answered yet.
+pub(crate) struct Upgrade {
+    key: HeaderValue,
+    on_upgrade: OnUpgrade,
+}
+
+impl Upgrade {
+    /// Reads the upgrade from a request head: the checks axum's `WebSocketUpgrade` makes, with
+    /// the same answers (400, 405, 426).
+    pub(crate) fn from_parts(parts: &mut Parts) -> Result<Self, (StatusCode, &'static str)> {
+        let refuse = |status: StatusCode, why: &'static str| Err((status, why));
+        if parts.version > Version::HTTP_11 {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "WebSocket is served over HTTP/1.1; over HTTP/2 use `Accept: text/event-stream`",
+            );
+        }
+        if parts.method != Method::GET {
+            return refuse(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Request method must be `GET`",
+            );
+        }
+        if !has_token(&parts.headers, header::CONNECTION, "upgrade") {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "Connection header did not include 'upgrade'",
+            );
+        }
+        if !has_token(&parts.headers, header::UPGRADE, "websocket") {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "`Upgrade` header did not include 'websocket'",
+            );
+        }
+        if parts
+            .headers
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .is_none_or(|v| v.as_bytes() != b"13")
+        {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "`Sec-WebSocket-Version` header did not include '13'",
+            );
+        }
+        let Some(key) = parts.headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "`Sec-WebSocket-Key` header missing",
+            );
+        };
+        let Some(on_upgrade) = parts.extensions.remove::<OnUpgrade>() else {
+            return refuse(
+                StatusCode::UPGRADE_REQUIRED,
+                "WebSocket request couldn't be upgraded since no upgrade state was present",
+            );
+        };
+        Ok(Upgrade { key, on_upgrade })
+    }
+
+    /// Answers 101 and, once the HTTP server hands the connection over, runs `connection`
+    /// on it in a task of its own; `failed` is called instead when the hand-over fails.
+    pub(crate) fn respond<C, F>(
+        self,
+        config: WebSocketConfig,
+        failed: impl FnOnce(hyper::Error) + Send + 'static,
+        connection: C,
+    ) -> Response
+    where
+        C: FnOnce(Socket) -> F + Send + 'static,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let Upgrade { key, on_upgrade } = self;
+        tokio::spawn(async move {
+            match on_upgrade.await {
+                Ok(upgraded) => {
+                    let wire = Wire::new(TokioIo::new(upgraded));
+                    let socket =
+                        WebSocketStream::from_raw_socket(wire, Role::Server, Some(config)).await;
+                    connection(socket).await;
+                }
+                Err(err) => failed(err),
+            }
+        });
+        let accept = derive_accept_key(key.as_bytes());
+        (
+            StatusCode::SWITCHING_PROTOCOLS,
+            [
+                (header::CONNECTION, HeaderValue::from_static("upgrade")),
+                (header::UPGRADE, HeaderValue::from_static("websocket")),
+                (
+                    header::SEC_WEBSOCKET_ACCEPT,
+                    HeaderValue::try_from(accept).expect("base64 is a valid header value"),
+                ),
+            ],
+        )
+            .into_response()
+    }
+}
+
+/// Whether a comma-separated header holds `token` (ASCII case-insensitive).
+fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|value| {
+        value
+            .as_bytes()
+            .split(|b| *b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
+
+/// A text message as a server sends it (final, unmasked), ready to be copied to any
+/// connection.
+pub(crate) fn text_frame(text: &str) -> Vec<u8> {
+    let frame = Frame::message(text.to_owned(), OpCode::Data(Data::Text), true);
+    let mut bytes = Vec::with_capacity(frame.len());
+    frame
+        .format(&mut bytes)
+        .expect("a frame formats into a vector");
+    bytes
+}
+
+/// The upgraded connection with an outgoing buffer of whole frames (see the module docs).
+pub(crate) struct Wire<S = TokioIo<Upgraded>> {
+    io: S,
+    /// Frames to send; `out[..sent]` has already been handed to the socket.
+    out: Vec<u8>,
+    sent: usize,
+}
+
+impl<S> std::fmt::Debug for Wire<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wire")
+            .field("queued", &(self.out.len() - self.sent))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
+    /// Bytes queued beyond which tungstenite's writes wait.
+    pub(crate) const BACKLOG: usize = 64 * 1024;
+    /// The buffer a connection keeps between writes (one grown past four times this for a
+    /// burst is given back once sent).
+    const BUFFER: usize = 16 * 1024;
+
+    fn new(io: S) -> Self {
+        Wire {
+            io,
+            out: Vec::new(),
+            sent: 0,
+        }
+    }
+
+    /// Queues a whole, already encoded frame; sent by the next flush.
+    pub(crate) fn queue(&mut self, frame: &[u8]) {
+        if self.out.capacity() == 0 {
+            // One allocation for a whole batch of the usual size, not one per doubling.
+            self.out.reserve(frame.len().max(Self::BUFFER));
+        }
+        self.out.extend_from_slice(frame);
+    }
+
+    /// Bytes queued and not yet handed to the socket.
+    fn queued(&self) -> usize {
+        self.out.len() - self.sent
+    }
+
+    /// Hands what is queued to the socket; ready once all of it was taken.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.sent < self.out.len() {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.out[self.sent..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.sent += n;
+        }
+        self.out.clear();
+        if self.out.capacity() > 4 * Self::BUFFER {
+            self.out.shrink_to(Self::BUFFER);
+        }
+        self.sent = 0;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Wire<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Wire<S> {
+    /// Takes all of `buf` (a whole frame) or nothing.
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.queued() > 0 && self.queued() + buf.len() > Self::BACKLOG {
+            ready!(self.poll_send(cx))?;
+        }
+        self.out.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_send(cx))?;
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_send(cx))?;
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::{SinkExt, StreamExt};
+    use std::time::Duration;
+    use tokio::io::{AsyncWriteExt, DuplexStream};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+
+    /// A server socket over a wire and a client socket, joined by a pipe that holds only
+    /// `capacity` bytes: every write of any size is split.
+    async fn pair(
+        capacity: usize,
+    ) -> (
+        WebSocketStream<Wire<DuplexStream>>,
+        WebSocketStream<DuplexStream>,
+    ) {
+        let (server, client) = tokio::io::duplex(capacity);
+        let server = WebSocketStream::from_raw_socket(Wire::new(server), Role::Server, None).await;
+        let client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        (server, client)
+    }
+
+    /// Frames queued on the wire and the protocol's own frames (pongs, text, close) leave
+    /// whole and in order through a socket that takes 37 bytes at a time.
+    #[tokio::test]
+    async fn queued_frames_and_the_protocols_own_interleave_whole_and_in_order() {
+        let (mut server, client) = pair(37).await;
+        let (mut sink, mut stream) = client.split();
+        let pinger = tokio::spawn(async move {
+            for i in 0..20 {
+                sink.send(Message::Ping(format!("p{i}").into()))
+                    .await
+                    .unwrap();
+            }
+        });
+        let reader = tokio::spawn(async move {
+            let mut texts = Vec::new();
+            let mut pongs = 0;
+            loop {
+                match stream.next().await {
+                    Some(Ok(Message::Text(text))) => texts.push(text.to_string()),
+                    Some(Ok(Message::Pong(_))) => pongs += 1,
+                    Some(Ok(Message::Close(frame))) => {
+                        return (texts, pongs, frame.map(|f| u16::from(f.code)));
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        });
+        let mut expected = Vec::new();
+        for i in 0..300 {
+            let text = format!("event {i} {}", "é".repeat(i % 90));
+            server.get_mut().queue(&text_frame(&text));
+            expected.push(text);
+            if i % 7 == 0 {
+                server.get_mut().flush().await.unwrap();
+            }
+            if i % 30 == 0 {
+                // Reading answers the client's pings through the same wire.
+                let _ = tokio::time::timeout(Duration::from_millis(5), server.next()).await;
+                server
+                    .send(Message::Text(format!("control {i}").into()))
+                    .await
+                    .unwrap();
+                expected.push(format!("control {i}"));
+            }
+        }
+        let close = CloseFrame {
+            code: 1001.into(),
+            reason: "bye".into(),
+        };
+        server.send(Message::Close(Some(close))).await.unwrap();
+        let (texts, pongs, code) = reader.await.unwrap();
+        // Pings the server never got to read wait in the pipe.
+        pinger.abort();
+        assert_eq!(texts, expected);
+        assert!(pongs > 0, "the pings were answered");
+        assert_eq!(code, Some(1001));
+    }
+
+    /// A flush dropped half-way (the client is not reading) keeps its place: the close sent
+    /// afterwards follows every frame queued before it, none cut in two.
+    #[tokio::test]
+    async fn a_close_after_a_dropped_flush_follows_the_frames_queued_before_it() {
+        let (mut server, mut client) = pair(64).await;
+        for i in 0..50 {
+            server.get_mut().queue(&text_frame(&format!("{i:0>300}")));
+        }
+        let flushed =
+            tokio::time::timeout(Duration::from_millis(20), server.get_mut().flush()).await;
+        assert!(flushed.is_err(), "the pipe cannot take 15 KB unread");
+        assert!(server.get_ref().queued() > 0);
+        let closing = tokio::spawn(async move {
+            let close = CloseFrame {
+                code: 1001.into(),
+                reason: "server shutting down".into(),
+            };
+            server.send(Message::Close(Some(close))).await.unwrap();
+            server
+        });
+        for i in 0..50 {
+            match client.next().await {
+                Some(Ok(Message::Text(text))) => assert_eq!(text.as_str(), format!("{i:0>300}")),
+                other => panic!("frame {i}: {other:?}"),
+            }
+        }
+        match client.next().await {
+            Some(Ok(Message::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 1001),
+            other => panic!("expected the close, got {other:?}"),
+        }
+        let server = closing.await.unwrap();
+        assert_eq!(server.get_ref().queued(), 0);
+    }
+
+    /// A client that pings without ever reading gets its pongs queued only up to the
+    /// backlog: the wire does not grow without bound.
+    #[tokio::test]
+    async fn pongs_to_a_client_that_never_reads_stay_within_the_backlog() {
+        let (mut server, client) = pair(1024).await;
+        let (mut sink, _unread) = client.split();
+        let pinger = tokio::spawn(async move {
+            for _ in 0..5_000 {
+                if sink.send(Message::Ping(vec![7; 100].into())).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut pings = 0;
+        while pings < 5_000 {
+            match tokio::time::timeout(Duration::from_secs(5), server.next()).await {
+                Ok(Some(Ok(Message::Ping(_)))) => pings += 1,
+                other => panic!("after {pings} pings: {other:?}"),
+            }
+            assert!(
+                server.get_ref().queued() <= Wire::<DuplexStream>::BACKLOG + 200,
+                "{} bytes queued",
+                server.get_ref().queued()
+            );
+        }
+        pinger.await.unwrap();
+    }
+
+    #[test]
+    fn a_text_frame_is_final_unmasked_and_carries_the_text() {
+        let short = text_frame("é");
+        assert_eq!(short, [0x81, 2, 0xc3, 0xa9]);
+        let text = "x".repeat(300);
+        let long = text_frame(&text);
+        assert_eq!(&long[..4], &[0x81, 126, 1, 44]);
+        assert_eq!(&long[4..], text.as_bytes());
+    }
+
+    #[test]
+    fn connection_tokens_are_matched_whole_and_case_insensitively() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        assert!(has_token(&headers, header::CONNECTION, "upgrade"));
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgraded"));
+        assert!(!has_token(&headers, header::CONNECTION, "upgrade"));
+        assert!(!has_token(&headers, header::UPGRADE, "websocket"));
+    }
+}
