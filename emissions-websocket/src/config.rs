@@ -192,8 +192,9 @@ pub(crate) enum Carried {
 
 /// Builds a [`LiveFeed`](crate::LiveFeed): what it carries (required), limits, origins.
 ///
-/// Defaults: a connection may fall 1 024 frames or 1 MiB behind; ping every 20 s, close after
-/// 10 s more without a frame from the client; inbound messages up to 16 KiB; 10 000
+/// Defaults: a connection may fall 1 024 frames or 1 MiB behind; an idle connection is pinged
+/// every 20 s and closed when its client does not answer within 10 s; inbound messages up to
+/// 16 KiB; 10 000
 /// connections; a history of the last 1 024 events for resume and replay; any `Origin`.
 #[must_use]
 #[derive(Clone, Default)]
@@ -309,8 +310,15 @@ impl FeedBuilder {
         self
     }
 
-    /// WebSocket: ping every `interval`, close (4001) a client silent for `interval +
-    /// timeout`; SSE: a keep-alive comment every `interval`. Defaults to 20 s and 10 s.
+    /// WebSocket: ping a connection once it has been idle for `interval` and close (4001) a
+    /// client that does not answer a ping within `timeout`, or that takes no bytes of a
+    /// write for `interval + timeout` (a connection busy writing is not pinged: its client
+    /// proves itself alive by taking its frames); SSE: a keep-alive comment every `interval`.
+    /// Defaults to 20 s and 10 s.
+    ///
+    /// A client answers a ping only after reading what was sent before it, kernel buffers
+    /// included (megabytes on a fast link): give `interval + timeout` room for a client to
+    /// read that at its slowest.
     ///
     /// See [`LiveFeed`](crate::LiveFeed).
     pub fn ping(mut self, interval: Duration, timeout: Duration) -> Self {

@@ -15,7 +15,7 @@ use axum::routing::MethodRouter;
 use emissions_core::{Event, TopicRouter};
 use futures_util::{FutureExt, SinkExt};
 use tokio::net::TcpListener;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::Error;
@@ -23,6 +23,7 @@ use crate::adapter::FeedAdapter;
 use crate::config::{Authorize, Carried, FeedBuilder, Public};
 use crate::hub::{FeedStats, Hub, Visible};
 use crate::service::{self, FeedRequest, Joining, Transport};
+use crate::socket;
 
 /// A WebSocket connection's read buffer: clients send only small control messages.
 const READ_BUFFER: usize = 4 * 1024;
@@ -251,12 +252,9 @@ impl<A: Authorize> LiveFeed<A> {
                 let failed = hub.clone();
                 let hub = hub.clone();
                 let limit = hub.limits.max_inbound_bytes;
-                let config = WebSocketConfig::default()
-                    // tungstenite zeroes the whole read buffer (128 KiB by default) on
-                    // every read attempt, and a connection reads whenever it is idle.
-                    .read_buffer_size(READ_BUFFER.min(limit))
-                    .max_message_size(Some(limit))
-                    .max_frame_size(Some(limit));
+                // tungstenite zeroes the whole read buffer (128 KiB by default) on every
+                // read attempt, and a connection reads whenever it is idle.
+                let config = socket::config(limit, READ_BUFFER);
                 upgrade.respond(
                     config,
                     move |err| failed.rejected(&err.to_string()),

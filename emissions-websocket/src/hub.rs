@@ -257,9 +257,9 @@ pub(crate) struct Registration {
 }
 
 impl Registration {
-    /// Hands up to `max` frames for this connection to `take`, in order, and counts them as
-    /// being written.
-    pub(crate) fn pull(&self, max: usize, take: impl FnMut(&Arc<Entry>)) -> Pull {
+    /// Hands up to `max` frames for this connection to `take`, in order, until `take` says
+    /// the batch is full (returns `false`), and counts them as being written.
+    pub(crate) fn pull(&self, max: usize, take: impl FnMut(&Arc<Entry>) -> bool) -> Pull {
         self.hub.pull(&self.viewer, &self.outlet, max, take)
     }
 
@@ -721,7 +721,8 @@ impl Hub {
     }
 
     /// Reads the ring from the connection's cursor: hands up to `max` frames it may see and
-    /// subscribed to to `take`, counted as being written before the cursor moves past them.
+    /// subscribed to to `take` (which says whether it has room for more), counted as being
+    /// written before the cursor moves past them.
     /// Books are settled only under the state's write lock, so they cannot close while this
     /// reads.
     fn pull(
@@ -729,7 +730,7 @@ impl Hub {
         viewer: &Viewer,
         outlet: &Outlet,
         max: usize,
-        mut take: impl FnMut(&Arc<Entry>),
+        mut take: impl FnMut(&Arc<Entry>) -> bool,
     ) -> Pull {
         let state = self.read();
         let front = state.front_seq();
@@ -743,12 +744,12 @@ impl Hub {
             .subscription
             .read()
             .unwrap_or_else(|e| e.into_inner());
-        let mut taken = 0;
-        while at < state.next_seq && taken < max {
+        let (mut taken, mut room) = (0, true);
+        while room && at < state.next_seq && taken < max {
             let kept = &state.ring[(at - front) as usize];
             at += 1;
             if !kept.history && viewer.shows(self, &subscription, &kept.entry) {
-                take(&kept.entry);
+                room = take(&kept.entry);
                 taken += 1;
             }
         }
@@ -1040,7 +1041,10 @@ mod tests {
         hub.publish(entries(3000, 300), &[3300]);
         assert_eq!(hub.stats().disconnects_for(Disconnect::Slow), 0);
         let mut batch = Vec::new();
-        while let Pull::Frames = registration.pull(64, |e| batch.push(e.clone())) {}
+        while let Pull::Frames = registration.pull(64, |e| {
+            batch.push(e.clone());
+            true
+        }) {}
         let offsets: Vec<u64> = batch.iter().map(|f| f.offset).collect();
         assert_eq!(offsets, (3000..3300).collect::<Vec<_>>());
     }

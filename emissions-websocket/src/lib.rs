@@ -55,8 +55,9 @@
 //!
 //! # Transports
 //!
-//! The same handler answers a WebSocket upgrade and a request with
-//! `Accept: text/event-stream` (SSE). Event frames are the same JSON on both:
+//! The same handler answers a WebSocket upgrade (RFC 6455 over HTTP/1.1, checked and answered
+//! like axum's `WebSocketUpgrade`) and a request with `Accept: text/event-stream` (SSE, over
+//! any HTTP version). Event frames are the same JSON on both:
 //! `{"type":"event","position","event"}`, where `event` is the envelope every adapter writes
 //! (`{"id","type","time","metadata","data"}`, the payload exactly as emitted) or, with
 //! [`FeedBuilder::cloudevents`], the structured CloudEvent. SSE sends the position as `id:`,
@@ -85,10 +86,17 @@
 //!
 //! Frames are serialized once and kept once, in a ring every connection reads at its own
 //! pace (filtering and authorizing on its own task, so the fan-out scales with the cores).
+//! An event's WebSocket frame is encoded once too: a connection copies the frames it may see
+//! from the ring onto its socket's buffer and sends them in one write, and reads its client
+//! between writes, so a busy connection still answers pings and takes subscription changes.
 //! A client that falls further behind than its limit (frames and bytes) is cut off (close
-//! code **4000**); the feed and every other client keep flowing. WebSocket clients
-//! are pinged and closed with **4001** when silent; oversized inbound messages close with
-//! **1009**; over the connection cap, or during shutdown, requests get 503. On shutdown each
+//! code **4000**); the feed and every other client keep flowing. Idle WebSocket clients
+//! are pinged and closed with **4001** when they do not answer, as are clients that take
+//! no bytes of a write for a ping interval and timeout; oversized inbound messages close
+//! with **1009**; over the connection cap, or during shutdown, requests get 503. A close is
+//! answered, and sent after everything queued before it; the server then shuts its side
+//! down and reads what the client still sends until it closes too, so that the close frame
+//! is not lost to a reset. On shutdown each
 //! connection first gets what was queued for it, then a **1001** close; what the deadline
 //! cuts off is counted frame by frame in [`FeedStats::dropped_frames`]. Every frame meant for
 //! a connection ends in exactly one of [`FeedStats::frames_sent`],

@@ -4,6 +4,7 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::FromRequestParts;
@@ -21,7 +22,7 @@ use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 
 use crate::hub::{Disconnect, Entry, Hub, Out, Outlet, Pull, Registration, Slot, Start, Visible};
 use crate::selection::Selection;
-use crate::socket::{Socket, Upgrade};
+use crate::socket::{self, Socket, Upgrade};
 
 /// A feed request, read from the request head: the transport (a WebSocket upgrade, or SSE
 /// for `Accept: text/event-stream`), the subscription (`events=`, `topics=`), and where to
@@ -164,6 +165,8 @@ fn apply(text: &str, registration: &Registration) -> Message {
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// Most frames written before one flush.
 const WRITE_BATCH: usize = 64;
+/// A write batch stops once it holds this many bytes (or one frame, if larger).
+const WRITE_BYTES: usize = socket::BACKLOG;
 
 /// Runs one WebSocket connection to its end.
 pub(crate) async fn websocket(mut socket: Socket, hub: Arc<Hub>, mut registration: Registration) {
@@ -171,20 +174,36 @@ pub(crate) async fn websocket(mut socket: Socket, hub: Arc<Hub>, mut registratio
     let reason = pump(&mut socket, &hub, &mut registration, &mut cut)
         .await
         .unwrap_or_else(|reason| reason);
-    if !matches!(reason, Disconnect::Client | Disconnect::Error) {
-        let frame = CloseFrame {
-            code: reason.code().into(),
-            reason: Utf8Bytes::from_static(reason.reason()),
-        };
-        // After whatever the wire still holds: a close never cuts a frame in two.
-        let close = tokio::time::timeout(CLOSE_GRACE, socket.send(Message::Close(Some(frame))));
+    // After whatever the wire still holds: a close never cuts a frame in two.
+    let closed = match reason {
+        Disconnect::Error => false,
+        // The client's close is answered (tungstenite queued the answer when it read it).
+        Disconnect::Client => {
+            tokio::select! {
+                closed = tokio::time::timeout(CLOSE_GRACE, socket.flush()) => matches!(closed, Ok(Ok(()))),
+                () = cut_off(&mut cut) => false,
+            }
+        }
+        reason => {
+            let frame = CloseFrame {
+                code: reason.code().into(),
+                reason: Utf8Bytes::from_static(reason.reason()),
+            };
+            let close = socket::close(&mut socket, frame);
+            tokio::select! {
+                closed = tokio::time::timeout(CLOSE_GRACE, close) => matches!(closed, Ok(Ok(()))),
+                () = cut_off(&mut cut) => false,
+            }
+        }
+    };
+    registration.end(reason);
+    drop(registration);
+    if closed {
         tokio::select! {
-            _ = close => {}
+            () = socket::linger(&mut socket, CLOSE_GRACE) => {}
             () = cut_off(&mut cut) => {}
         }
     }
-    registration.end(reason);
-    drop(registration);
 }
 
 /// Sends the `n` event frames queued on the wire (already counted as being written) with
@@ -199,26 +218,45 @@ async fn flush(socket: &mut Socket, registration: &Registration, n: u64) -> Resu
     Ok(())
 }
 
-/// Races a write against the hub letting go of the connection (slow), the shutdown cut, and
-/// the client's liveness: a client that takes no bytes for a ping interval and timeout is
-/// gone (4001), so no write waits forever. A write the socket takes at once (the usual case)
-/// finishes without arming a timer.
-async fn guarded(
-    write: impl Future<Output = Result<(), Disconnect>>,
-    outlet: &Outlet,
-    cut: &mut watch::Receiver<bool>,
+/// How a write waits: for the hub letting go of the connection (slow), the shutdown cut, and
+/// the client: one that takes no bytes for `patience` (a ping interval and timeout) is gone
+/// (4001), so no write waits forever, however slowly a client that keeps reading reads.
+struct Guard {
+    outlet: Arc<Outlet>,
+    cut: watch::Receiver<bool>,
     patience: Duration,
-) -> Result<(), Disconnect> {
-    let mut write = std::pin::pin!(write);
-    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(write.as_mut().poll(cx))).await;
-    if let std::task::Poll::Ready(written) = first {
-        return written;
-    }
-    tokio::select! {
-        written = write => written,
-        () = outlet.kick.notified() => Err(outlet.reason().unwrap_or(Disconnect::Shutdown)),
-        () = cut_off(cut) => Err(Disconnect::Shutdown),
-        () = tokio::time::sleep(patience) => Err(Disconnect::PingTimeout),
+    /// The wire's bytes handed to the socket so far.
+    progress: Arc<AtomicU64>,
+}
+
+impl Guard {
+    /// Runs `write` to its end or until one of the above. A write the socket takes at once
+    /// (the usual case) finishes without arming a timer.
+    async fn run(
+        &mut self,
+        write: impl Future<Output = Result<(), Disconnect>>,
+    ) -> Result<(), Disconnect> {
+        let mut write = std::pin::pin!(write);
+        let first =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(write.as_mut().poll(cx))).await;
+        if let std::task::Poll::Ready(written) = first {
+            return written;
+        }
+        loop {
+            let before = self.progress.load(Ordering::Relaxed);
+            tokio::select! {
+                written = &mut write => return written,
+                () = self.outlet.kick.notified() => {
+                    return Err(self.outlet.reason().unwrap_or(Disconnect::Shutdown));
+                }
+                () = cut_off(&mut self.cut) => return Err(Disconnect::Shutdown),
+                () = tokio::time::sleep(self.patience) => {
+                    if self.progress.load(Ordering::Relaxed) == before {
+                        return Err(Disconnect::PingTimeout);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -231,8 +269,13 @@ async fn pump(
     let stopped =
         |registration: &Registration| registration.outlet.reason().unwrap_or(Disconnect::Shutdown);
     let limits = &hub.limits;
-    let patience = limits.ping_interval + limits.pong_timeout;
     let outlet = registration.outlet.clone();
+    let mut guard = Guard {
+        outlet: outlet.clone(),
+        cut: cut.clone(),
+        patience: limits.ping_interval + limits.pong_timeout,
+        progress: socket.get_ref().progress(),
+    };
     for out in std::mem::take(&mut registration.preface) {
         let sent = async {
             match out {
@@ -247,37 +290,46 @@ async fn pump(
                     .map_err(write_error),
             }
         };
-        guarded(sent, &outlet, cut, patience).await?;
+        guard.run(sent).await?;
     }
-    let mut last_heard = Instant::now();
+    // When the ping not answered yet was sent: pings go out once the connection has been
+    // idle for an interval (a busy one proves its client alive by taking its frames, and the
+    // interval lets the client read what is still in flight before a ping), and a client
+    // that does not answer within the timeout is gone (4001).
+    let mut unanswered: Option<Instant> = None;
     let mut ping =
         tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         // Taken before reading: it sees every later `notify_waiters`, and registers with the
         // shared `Notify` (under its lock) only when the connection goes idle.
         let published = hub.published.notified();
         tokio::pin!(published);
         // The frames go from the feed's ring onto the wire, encoded once for everyone, and
-        // leave in one write.
+        // leave in one write; a batch stops at the wire's backlog in bytes, so a client that
+        // stops reading holds at most that much of its own.
         let wire = socket.get_mut();
         let mut taken = 0;
         match registration.pull(WRITE_BATCH, |entry| {
             wire.queue(&entry.frame);
             taken += 1;
+            wire.queued() < WRITE_BYTES
         }) {
             Pull::Frames => {
-                guarded(flush(socket, registration, taken), &outlet, cut, patience).await?;
+                guard.run(flush(socket, registration, taken)).await?;
+                ping.reset();
                 // Between batches too, without waiting: a connection that never goes idle
                 // still hears its client's pings, subscription changes and close.
                 if let Some(inbound) = socket.next().now_or_never() {
-                    last_heard = Instant::now();
+                    unanswered = None;
                     let reply = match heard(inbound, registration) {
                         Ok(reply) => reply,
                         Err(end) => return end,
                     };
                     if let Some(reply) = reply {
-                        let send = async { socket.send(reply).await.map_err(write_error) };
-                        guarded(send, &outlet, cut, patience).await?;
+                        guard
+                            .run(async { socket.send(reply).await.map_err(write_error) })
+                            .await?;
                     }
                 }
                 continue;
@@ -287,27 +339,30 @@ async fn pump(
             Pull::Closed => return Ok(stopped(registration)),
             Pull::Idle => {}
         }
+        let pong_due = unanswered.map(|sent| sent + limits.pong_timeout);
         let outbound = tokio::select! {
             () = &mut published => continue,
             () = outlet.kick.notified() => return Ok(stopped(registration)),
             () = cut_off(cut) => return Err(Disconnect::Shutdown),
             inbound = socket.next() => {
-                last_heard = Instant::now();
+                unanswered = None;
                 match heard(inbound, registration) {
                     Ok(Some(reply)) => reply,
                     Ok(None) => continue,
                     Err(end) => return end,
                 }
             },
-            _ = ping.tick() => {
-                if last_heard.elapsed() > patience {
-                    return Err(Disconnect::PingTimeout);
-                }
+            () = tokio::time::sleep_until(pong_due.unwrap_or_else(Instant::now)), if pong_due.is_some() => {
+                return Err(Disconnect::PingTimeout);
+            }
+            _ = ping.tick(), if unanswered.is_none() => {
+                unanswered = Some(Instant::now());
                 Message::Ping(Default::default())
             },
         };
-        let send = async { socket.send(outbound).await.map_err(write_error) };
-        guarded(send, &outlet, cut, patience).await?;
+        guard
+            .run(async { socket.send(outbound).await.map_err(write_error) })
+            .await?;
     }
 }
 
@@ -329,9 +384,14 @@ fn heard(
     }
 }
 
+/// A write that failed: an answer that does not fit beside what the client has not read
+/// yet (a slow consumer), or an I/O error.
 fn write_error(err: tungstenite::Error) -> Disconnect {
     tracing::debug!(target: "emissions::websocket", %err, "write failed");
-    Disconnect::Error
+    match err {
+        tungstenite::Error::WriteBufferFull(_) => Disconnect::Slow,
+        _ => Disconnect::Error,
+    }
 }
 
 /// Resolves when the shutdown deadline cuts connections off.
@@ -391,6 +451,7 @@ impl SseFeed {
             let pending = &mut self.pending;
             match self.registration.pull(WRITE_BATCH, |entry| {
                 pending.push_back(entry.clone());
+                true
             }) {
                 Pull::Frames => continue,
                 Pull::Drained => {

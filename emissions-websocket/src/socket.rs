@@ -17,30 +17,62 @@
 //! wire, not in a future: a flush dropped half-way resumes where it stopped, and a close
 //! frame goes out after the frames queued before it.
 //!
-//! # Backpressure
+//! # Backpressure and memory
 //!
 //! tungstenite's writes (pongs to a client that pings without reading, say) wait once more
-//! than [`Wire::BACKLOG`] bytes are queued; the feed appends only after its previous frames
-//! were flushed, at most a write batch at a time.
+//! than [`BACKLOG`] bytes are queued, and tungstenite keeps at most as much again of its own
+//! ([`config`]): past that, a pong waiting to go out is replaced by the next, and an answer
+//! of the feed's own fails, cutting the client off as a slow consumer. The feed appends only after its previous frames were
+//! flushed, one write batch at a time, and a batch stops at [`BACKLOG`] bytes (or one
+//! frame, when a frame is larger): a connection whose client stops reading holds at most a
+//! batch of its own, whatever the number of connections.
+//!
+//! # Closing
+//!
+//! [`linger`]: after the close frame, the wire is shut down for writing (a TCP FIN after
+//! everything queued) and what the client still sends is read and dropped until it closes
+//! too: a socket closed with unread input is reset, and a reset can discard, on the client's
+//! side, the very close frame that said why.
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
+use futures_util::SinkExt;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+
+/// Bytes queued on a wire beyond which tungstenite's writes wait; also the most tungstenite
+/// keeps of its own meanwhile, and where a write batch of the feed's frames stops.
+pub(crate) const BACKLOG: usize = 64 * 1024;
 
 /// A feed connection's WebSocket: tungstenite over the [`Wire`].
 pub(crate) type Socket = WebSocketStream<Wire>;
+
+/// tungstenite's settings for a feed connection: inbound messages up to `max_inbound` bytes,
+/// read `read_buffer` bytes at a time; every frame it writes goes straight to the wire, and
+/// while the wire is full it keeps at most [`BACKLOG`] bytes of its own.
+pub(crate) fn config(max_inbound: usize, read_buffer: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(read_buffer.min(max_inbound))
+        .max_message_size(Some(max_inbound))
+        .max_frame_size(Some(max_inbound))
+        .write_buffer_size(0)
+        .max_write_buffer_size(BACKLOG)
+}
 
 /// A valid WebSocket upgrade request (RFC 6455 over HTTP/1.1), not answered yet.
 pub(crate) struct Upgrade {
@@ -50,7 +82,9 @@ pub(crate) struct Upgrade {
 
 impl Upgrade {
     /// Reads the upgrade from a request head: the checks axum's `WebSocketUpgrade` makes, with
-    /// the same answers (400, 405, 426).
+    /// the same answers (400, 405, 426) — except that `Connection` is read as the list of
+    /// tokens it is (RFC 9110 §7.6.1), across repeated headers, so `Connection: keep-alive`
+    /// and `Connection: Upgrade` on two lines upgrade, and `Connection: upgraded` does not.
     pub(crate) fn from_parts(parts: &mut Parts) -> Result<Self, (StatusCode, &'static str)> {
         let refuse = |status: StatusCode, why: &'static str| Err((status, why));
         if parts.version > Version::HTTP_11 {
@@ -163,12 +197,43 @@ pub(crate) fn text_frame(text: &str) -> Vec<u8> {
     bytes
 }
 
+/// Sends a close frame after everything queued before it, with nothing after it.
+///
+/// tungstenite writes a pong it still holds after whatever it writes next, a close included,
+/// and a flush that found its own buffer full returns with that pong still held: two
+/// flushes first (no read comes between them to ask for another pong).
+pub(crate) async fn close<S: AsyncRead + AsyncWrite + Unpin>(
+    socket: &mut WebSocketStream<Wire<S>>,
+    frame: CloseFrame,
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    socket.flush().await?;
+    socket.flush().await?;
+    socket.send(Message::Close(Some(frame))).await
+}
+
+/// Ends a connection whose close frame was sent (see "Closing" in the module docs): shuts
+/// the wire down for writing, then reads and drops what the client still sends until it
+/// closes too, for at most `max`.
+pub(crate) async fn linger(socket: &mut Socket, max: Duration) {
+    let wire = socket.get_mut();
+    let _ = tokio::time::timeout(max, async {
+        if wire.shutdown().await.is_err() {
+            return;
+        }
+        let mut scrap = [0; 1024];
+        while let Ok(1..) = wire.read(&mut scrap).await {}
+    })
+    .await;
+}
+
 /// The upgraded connection with an outgoing buffer of whole frames (see the module docs).
 pub(crate) struct Wire<S = TokioIo<Upgraded>> {
     io: S,
     /// Frames to send; `out[..sent]` has already been handed to the socket.
     out: Vec<u8>,
     sent: usize,
+    /// Bytes handed to the socket since the start: a write's progress, read while it waits.
+    progress: Arc<AtomicU64>,
 }
 
 impl<S> std::fmt::Debug for Wire<S> {
@@ -180,18 +245,24 @@ impl<S> std::fmt::Debug for Wire<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
-    /// Bytes queued beyond which tungstenite's writes wait.
-    pub(crate) const BACKLOG: usize = 64 * 1024;
-    /// The buffer a connection keeps between writes (one grown past four times this for a
-    /// burst is given back once sent).
+    /// The buffer a connection allocates for its first write.
     const BUFFER: usize = 16 * 1024;
+    /// The most a connection keeps between writes (more, grown for a large frame, is given
+    /// back once sent).
+    const KEEP: usize = 4 * BACKLOG;
 
     fn new(io: S) -> Self {
         Wire {
             io,
             out: Vec::new(),
             sent: 0,
+            progress: Arc::default(),
         }
+    }
+
+    /// Bytes handed to the socket so far, readable while a write holds the wire.
+    pub(crate) fn progress(&self) -> Arc<AtomicU64> {
+        self.progress.clone()
     }
 
     /// Queues a whole, already encoded frame; sent by the next flush.
@@ -204,7 +275,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
     }
 
     /// Bytes queued and not yet handed to the socket.
-    fn queued(&self) -> usize {
+    pub(crate) fn queued(&self) -> usize {
         self.out.len() - self.sent
     }
 
@@ -216,9 +287,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.sent += n;
+            self.progress.fetch_add(n as u64, Ordering::Relaxed);
         }
         self.out.clear();
-        if self.out.capacity() > 4 * Self::BUFFER {
+        if self.out.capacity() > Self::KEEP {
             self.out.shrink_to(Self::BUFFER);
         }
         self.sent = 0;
@@ -243,7 +315,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Wire<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if self.queued() > 0 && self.queued() + buf.len() > Self::BACKLOG {
+        if self.queued() > 0 && self.queued() + buf.len() > BACKLOG {
             ready!(self.poll_send(cx))?;
         }
         self.out.extend_from_slice(buf);
@@ -264,11 +336,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Wire<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures_util::{SinkExt, StreamExt};
-    use std::time::Duration;
-    use tokio::io::{AsyncWriteExt, DuplexStream};
-    use tokio_tungstenite::tungstenite::Message;
-    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use futures_util::StreamExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
     /// A server socket over a wire and a client socket, joined by a pipe that holds only
     /// `capacity` bytes: every write of any size is split.
@@ -279,7 +348,9 @@ mod tests {
         WebSocketStream<DuplexStream>,
     ) {
         let (server, client) = tokio::io::duplex(capacity);
-        let server = WebSocketStream::from_raw_socket(Wire::new(server), Role::Server, None).await;
+        let config = Some(config(16 * 1024, 4 * 1024));
+        let server =
+            WebSocketStream::from_raw_socket(Wire::new(server), Role::Server, config).await;
         let client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
         (server, client)
     }
@@ -377,53 +448,108 @@ mod tests {
     }
 
     /// A client that pings without ever reading gets its pongs queued only up to the
-    /// backlog: the wire does not grow without bound.
+    /// backlog on the wire and as much again in tungstenite (later pongs replace the one
+    /// waiting): 10 000 pings leave a bounded number of pongs behind, not 10 000.
     #[tokio::test]
-    async fn pongs_to_a_client_that_never_reads_stay_within_the_backlog() {
+    async fn pongs_to_a_client_that_never_reads_stay_bounded() {
         let (mut server, client) = pair(1024).await;
-        let (mut sink, _unread) = client.split();
+        let (mut sink, mut unread) = client.split();
         let pinger = tokio::spawn(async move {
-            for _ in 0..5_000 {
-                if sink.send(Message::Ping(vec![7; 100].into())).await.is_err() {
-                    break;
-                }
+            for _ in 0..10_000 {
+                sink.send(Message::Ping(vec![7; 100].into())).await.unwrap();
             }
+            sink
         });
-        let mut pings = 0;
-        while pings < 5_000 {
+        for pings in 0..10_000 {
             match tokio::time::timeout(Duration::from_secs(5), server.next()).await {
-                Ok(Some(Ok(Message::Ping(_)))) => pings += 1,
+                Ok(Some(Ok(Message::Ping(_)))) => {}
                 other => panic!("after {pings} pings: {other:?}"),
             }
-            assert!(
-                server.get_ref().queued() <= Wire::<DuplexStream>::BACKLOG + 200,
-                "{} bytes queued",
-                server.get_ref().queued()
-            );
+            assert!(server.get_ref().queued() <= BACKLOG + 200);
         }
-        pinger.await.unwrap();
-    }
-
-    #[test]
-    fn a_text_frame_is_final_unmasked_and_carries_the_text() {
-        let short = text_frame("é");
-        assert_eq!(short, [0x81, 2, 0xc3, 0xa9]);
-        let text = "x".repeat(300);
-        let long = text_frame(&text);
-        assert_eq!(&long[..4], &[0x81, 126, 1, 44]);
-        assert_eq!(&long[4..], text.as_bytes());
-    }
-
-    #[test]
-    fn connection_tokens_are_matched_whole_and_case_insensitively() {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, Upgrade"),
+        let _sink = pinger.await.unwrap();
+        // The client reads at last; the server sends what it kept.
+        let flushing = tokio::spawn(async move {
+            let _ = server.flush().await;
+            server
+        });
+        let mut pongs = 0;
+        while let Ok(Some(Ok(message))) =
+            tokio::time::timeout(Duration::from_millis(500), unread.next()).await
+        {
+            assert!(matches!(message, Message::Pong(_)), "{message:?}");
+            pongs += 1;
+        }
+        // 1 KiB in the pipe, 64 KiB on the wire, 64 KiB in tungstenite, one waiting: about
+        // 1 300 pongs of 102 bytes.
+        assert!(
+            (1_000..2_000).contains(&pongs),
+            "{pongs} pongs kept for 10 000 pings"
         );
-        assert!(has_token(&headers, header::CONNECTION, "upgrade"));
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgraded"));
-        assert!(!has_token(&headers, header::CONNECTION, "upgrade"));
-        assert!(!has_token(&headers, header::UPGRADE, "websocket"));
+        drop(flushing.await.unwrap());
+    }
+
+    /// The opcodes of the whole frames a server sent into `raw` (only short frames: pongs
+    /// and closes), reading until 300 ms pass without a byte.
+    async fn opcodes(raw: &mut DuplexStream, opcodes: &mut Vec<u8>, rest: &mut Vec<u8>) {
+        let mut chunk = [0; 16 * 1024];
+        while let Ok(Ok(n @ 1..)) =
+            tokio::time::timeout(Duration::from_millis(300), raw.read(&mut chunk)).await
+        {
+            rest.extend_from_slice(&chunk[..n]);
+            while rest.len() >= 2 && rest.len() >= 2 + usize::from(rest[1]) {
+                assert!(rest[1] < 126, "a short, unmasked frame");
+                opcodes.push(rest[0] & 0x0f);
+                rest.drain(..2 + usize::from(rest[1]));
+            }
+        }
+    }
+
+    /// A close after a ping flood that filled the wire and tungstenite's own buffer is the
+    /// last frame: the pong tungstenite still holds goes before it, not after — also when
+    /// the client has emptied the pipe, so that one flush sends everything else at once.
+    /// (Read raw: a client library stops at the close and would not show what follows.)
+    #[tokio::test]
+    async fn a_close_after_a_ping_flood_is_the_last_frame() {
+        let (server, mut raw) = tokio::io::duplex(256 * 1024);
+        let config = Some(config(16 * 1024, 4 * 1024));
+        let mut server =
+            WebSocketStream::from_raw_socket(Wire::new(server), Role::Server, config).await;
+        // Masked pings (RFC 6455 §5.3), as a client sends them.
+        let mut pings = Vec::new();
+        for _ in 0..5_000 {
+            pings.extend_from_slice(&[0x89, 0x80 | 100, 1, 2, 3, 4]);
+            pings.extend((0..100).map(|i| 7 ^ [1, 2, 3, 4][i % 4]));
+        }
+        let (from_server, mut to_server) = tokio::io::split(raw);
+        let pinger = tokio::spawn(async move {
+            to_server.write_all(&pings).await.unwrap();
+            to_server
+        });
+        for _ in 0..5_000 {
+            let ping = tokio::time::timeout(Duration::from_secs(5), server.next()).await;
+            assert!(matches!(ping, Ok(Some(Ok(Message::Ping(_))))), "{ping:?}");
+        }
+        raw = from_server.unsplit(pinger.await.unwrap());
+        let (mut sent, mut rest) = (Vec::new(), Vec::new());
+        opcodes(&mut raw, &mut sent, &mut rest).await;
+        let closing = tokio::spawn(async move {
+            let frame = CloseFrame {
+                code: 4000.into(),
+                reason: "slow consumer".into(),
+            };
+            close(&mut server, frame).await.unwrap();
+            server
+        });
+        opcodes(&mut raw, &mut sent, &mut rest).await;
+        assert!(rest.is_empty());
+        let closes: Vec<usize> = (0..sent.len()).filter(|i| sent[*i] == 0x8).collect();
+        assert_eq!(
+            closes,
+            [sent.len() - 1],
+            "{:x?}",
+            &sent[sent.len().saturating_sub(3)..]
+        );
+        drop(closing.await.unwrap());
     }
 }

@@ -12,7 +12,6 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 fn orders() -> emissions_websocket::FeedBuilder {
@@ -310,22 +309,7 @@ async fn shutdown_sends_everything_queued_then_closes_with_1001() {
 
 /// A client with a tiny receive buffer that does not read.
 async fn stalled(app: &App) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(app.addr).await.unwrap();
-    let mut request = format!("ws://{}/live", app.addr)
-        .into_client_request()
-        .unwrap();
-    request
-        .headers_mut()
-        .insert("cookie", "user=alice".parse().unwrap());
-    let before = app.feed.stats().accepted;
-    let ws = tokio_tungstenite::client_async(request, stream)
-        .await
-        .unwrap()
-        .0;
-    until("registered", || app.feed.stats().accepted > before).await;
-    ws
+    ws_with_receive_buffer(app, "alice", 4096).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

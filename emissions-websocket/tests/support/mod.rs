@@ -289,3 +289,135 @@ impl Sse {
         }
     }
 }
+
+/// A masked client frame (RFC 6455 §5.2) with the given opcode and payload.
+pub(crate) fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x11u8, 0x22, 0x33, 0x44];
+    let mut out = vec![0x80 | opcode];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n < 65_536 => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+/// A raw WebSocket connection of `user` with a receive buffer of `rcvbuf` bytes, upgraded
+/// (the 101 read), frames to be written and read by hand.
+pub(crate) async fn raw_ws(addr: SocketAddr, user: &str, rcvbuf: u32) -> TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(rcvbuf).unwrap();
+    let mut raw = socket.connect(addr).await.unwrap();
+    let request = format!(
+        "GET /live HTTP/1.1\r\nHost: app.test\r\nCookie: user={user}\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    raw.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(raw.read_u8().await.unwrap());
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    raw
+}
+
+/// What a raw client read until the server closed the connection (or 3 s of silence): the
+/// event frames, the close code, the frames after the close, and bytes left over (a frame
+/// cut short). Checks every frame as RFC 6455 has a server send it.
+#[derive(Debug, Default)]
+pub(crate) struct Read {
+    pub events: u64,
+    pub close: Option<u16>,
+    pub after_close: Vec<u8>,
+    pub left_over: usize,
+    pub ended: bool,
+}
+
+pub(crate) async fn read_raw(raw: &mut TcpStream) -> Read {
+    use tokio::io::AsyncReadExt;
+    let (mut read, mut buf, mut chunk) = (Read::default(), Vec::new(), vec![0; 64 * 1024]);
+    loop {
+        let stop = match tokio::time::timeout(Duration::from_secs(3), raw.read(&mut chunk)).await {
+            Ok(Ok(0)) => {
+                read.ended = true;
+                true
+            }
+            Ok(Ok(n)) => {
+                buf.extend_from_slice(&chunk[..n]);
+                false
+            }
+            Ok(Err(_)) | Err(_) => true,
+        };
+        while buf.len() >= 2 {
+            assert_eq!(buf[0] & 0xf0, 0x80, "final, no reserved bits");
+            assert_eq!(buf[1] & 0x80, 0, "a server's frames are not masked");
+            let (len, at) = match buf[1] & 0x7f {
+                126 if buf.len() >= 4 => (usize::from(u16::from_be_bytes([buf[2], buf[3]])), 4),
+                127 if buf.len() >= 10 => (
+                    u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize,
+                    10,
+                ),
+                126 | 127 => break,
+                n => (usize::from(n), 2),
+            };
+            if buf.len() < at + len {
+                break;
+            }
+            let (opcode, payload): (u8, Vec<u8>) = (buf[0] & 0x0f, buf[at..at + len].to_vec());
+            buf.drain(..at + len);
+            if read.close.is_some() {
+                read.after_close.push(opcode);
+                continue;
+            }
+            match opcode {
+                0x1 => {
+                    serde_json::from_slice::<Value>(&payload).expect("an event frame is JSON");
+                    read.events += 1;
+                }
+                0x8 => read.close = Some(u16::from_be_bytes([payload[0], payload[1]])),
+                _ => {}
+            }
+        }
+        if stop {
+            read.left_over = buf.len();
+            return read;
+        }
+    }
+}
+
+/// A WebSocket client of `user` whose socket has a receive buffer of `bytes`, registered.
+pub(crate) async fn ws_with_receive_buffer(
+    app: &App,
+    user: &str,
+    bytes: u32,
+) -> WebSocketStream<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(bytes).unwrap();
+    let stream = socket.connect(app.addr).await.unwrap();
+    let mut request = format!("ws://{}/live", app.addr)
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("cookie", format!("user={user}").parse().unwrap());
+    let before = app.feed.stats().accepted;
+    let (ws, _) = tokio_tungstenite::client_async(request, stream)
+        .await
+        .unwrap();
+    until("registered", || app.feed.stats().accepted > before).await;
+    ws
+}
