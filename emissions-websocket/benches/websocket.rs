@@ -394,18 +394,26 @@ fn main() {
     #[cfg(feature = "kafka")]
     let cluster = rt.block_on(cluster_latency(if quick { 10 } else { 500 }));
     let rate = |r: &Run| r.delivered as f64 / r.secs;
-    // Nine rounds, the four servers back to back in each. Each row shows its median round;
-    // its ratios are the medians of the per-round ratios (a round's servers run under the
-    // same conditions, so the ratios spread less than the rates between rounds).
+    // Nine rounds, the four servers back to back in each, in an order rotated from round to
+    // round (none always first or last). Each row shows its median round; its ratios are the
+    // medians of the per-round ratios (a round's servers run under the same conditions, so
+    // the ratios spread less than the rates between rounds).
     let rounds_n = if quick { 1 } else { 9 };
     let mut rounds: Vec<[Run; 4]> = Vec::with_capacity(rounds_n);
-    for _ in 0..rounds_n {
-        rounds.push([
-            rt.block_on(bare_run(clients, events, false)),
-            rt.block_on(bare_run(clients, events, true)),
-            rt.block_on(bare_axum_run(clients, events)),
-            rt.block_on(emissions_run(clients, events)),
-        ]);
+    for round in 0..rounds_n {
+        let mut runs: [Option<Run>; 4] = Default::default();
+        for k in 0..4 {
+            let server = (round + k) % 4;
+            runs[server] = Some(rt.block_on(async {
+                match server {
+                    0 => bare_run(clients, events, false).await,
+                    1 => bare_run(clients, events, true).await,
+                    2 => bare_axum_run(clients, events).await,
+                    _ => emissions_run(clients, events).await,
+                }
+            }));
+        }
+        rounds.push(runs.map(|run| run.expect("every server ran")));
     }
     let median = |mut values: Vec<f64>| {
         values.sort_by(f64::total_cmp);

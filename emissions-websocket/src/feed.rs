@@ -321,8 +321,10 @@ impl<A: Authorize> LiveFeed<A> {
     /// Stops taking connections; each connection gets what was queued for it, then a 1001
     /// close (SSE: the end of the response); at the deadline the rest are cut off and their
     /// unsent frames counted in [`FeedStats::dropped_frames`]. Returns when every
-    /// connection has ended or been counted. Safe to call again, or after a cancelled call;
-    /// the adapter's shutdown calls it with the engine's deadline.
+    /// connection has ended or been counted; a connection still reading what its client
+    /// sends after the close (so that the close is not lost to a reset) stops at the
+    /// deadline. Safe to call again, or after a cancelled call; the adapter's shutdown
+    /// calls it with the engine's deadline.
     ///
     /// See [`LiveFeed::listen`].
     pub async fn shutdown(&self, timeout: Duration) {

@@ -36,13 +36,18 @@ pub enum Disconnect {
     Client,
     /// Its outgoing queue overflowed (close code 4000, "slow consumer").
     Slow,
-    /// It did not answer pings in time (close code 4001, "ping timeout").
+    /// It did not answer a ping in time, or took no bytes of a write for a ping interval and
+    /// timeout (close code 4001, "ping timeout").
     PingTimeout,
     /// It sent a message over the inbound limit (close code 1009).
     TooBig,
     /// The feed is shutting down (close code 1001, after what was queued for it).
     Shutdown,
-    /// A protocol or I/O error.
+    /// It broke the WebSocket protocol, e.g. an unmasked or malformed frame (close code 1002).
+    Protocol,
+    /// It sent a text message that is not UTF-8 (close code 1007).
+    NotUtf8,
+    /// An I/O error, or a client gone without a close.
     Error,
 }
 
@@ -60,6 +65,8 @@ impl Disconnect {
             Disconnect::PingTimeout => 4001,
             Disconnect::TooBig => 1009,
             Disconnect::Shutdown => 1001,
+            Disconnect::Protocol => 1002,
+            Disconnect::NotUtf8 => 1007,
             Disconnect::Error => 1011,
         }
     }
@@ -76,16 +83,20 @@ impl Disconnect {
             Disconnect::PingTimeout => "ping timeout",
             Disconnect::TooBig => "message too big",
             Disconnect::Shutdown => "server shutting down",
+            Disconnect::Protocol => "protocol error",
+            Disconnect::NotUtf8 => "text is not UTF-8",
             Disconnect::Error => "error",
         }
     }
 
-    const ALL: [Disconnect; 6] = [
+    const ALL: [Disconnect; 8] = [
         Disconnect::Client,
         Disconnect::Slow,
         Disconnect::PingTimeout,
         Disconnect::TooBig,
         Disconnect::Shutdown,
+        Disconnect::Protocol,
+        Disconnect::NotUtf8,
         Disconnect::Error,
     ];
 
@@ -412,7 +423,7 @@ pub(crate) struct Hub {
     connections: AtomicUsize,
     accepted: AtomicU64,
     rejected: AtomicU64,
-    disconnects: [AtomicU64; 6],
+    disconnects: [AtomicU64; 8],
     frames_sent: AtomicU64,
     dropped_frames: AtomicU64,
     unconfirmed_frames: AtomicU64,
@@ -938,6 +949,13 @@ impl Hub {
             tokio::pin!(idle);
             idle.as_mut().enable();
             if self.read().outlets.is_empty() {
+                // Connections that still read what their clients send after the close end
+                // by the deadline too.
+                let cut = self.cut.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(deadline).await;
+                    cut.send_replace(true);
+                });
                 return;
             }
             tokio::select! {

@@ -64,7 +64,9 @@
 //! so a browser's `EventSource` resumes by itself (`Last-Event-ID`).
 //! Control frames (`subscribed`, `error`, `resume`) are `event: control` on SSE. Anything
 //! malformed — a query, a pattern, a control message, any UTF-8 — gets a 400 or an `error`
-//! frame, never a panic; a connection task that ends for any reason deregisters itself.
+//! frame, never a panic; a WebSocket frame that breaks the protocol closes the connection
+//! with **1002**, a text message that is not UTF-8 with **1007**; a connection task that ends
+//! for any reason deregisters itself.
 //!
 //! # Positions and resume
 //!

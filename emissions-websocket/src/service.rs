@@ -134,16 +134,29 @@ struct Control {
     subscribe: Selection,
 }
 
-fn control(kind: &str, detail: serde_json::Value) -> Message {
+/// A control frame's JSON text.
+fn control(kind: &str, detail: serde_json::Value) -> String {
     let mut frame = serde_json::json!({ "type": kind });
     if let (Some(map), serde_json::Value::Object(extra)) = (frame.as_object_mut(), detail) {
         map.extend(extra);
     }
-    Message::Text(Utf8Bytes::from(frame.to_string()))
+    frame.to_string()
+}
+
+/// An error frame: the reason, cut to 256 characters (a reason may quote the client's
+/// message, which may be as long as the inbound limit allows).
+fn error(reason: impl std::fmt::Display) -> String {
+    const MAX: usize = 256;
+    let reason = reason.to_string();
+    let message = match reason.char_indices().nth(MAX) {
+        Some((at, _)) => format!("{}…", &reason[..at]),
+        None => reason,
+    };
+    control("error", serde_json::json!({ "message": message }))
 }
 
 /// The answer to a control message: the new subscription applied, or why not.
-fn apply(text: &str, registration: &Registration) -> Message {
+fn apply(text: &str, registration: &Registration) -> String {
     match serde_json::from_str::<Control>(text) {
         Ok(Control { subscribe }) => match subscribe.check() {
             Ok(()) => {
@@ -152,12 +165,9 @@ fn apply(text: &str, registration: &Registration) -> Message {
                 registration.subscribe(subscribe);
                 control("subscribed", echo)
             }
-            Err(reason) => control("error", serde_json::json!({ "message": reason })),
+            Err(reason) => error(reason),
         },
-        Err(err) => control(
-            "error",
-            serde_json::json!({ "message": format!("invalid control message: {err}") }),
-        ),
+        Err(err) => error(format_args!("invalid control message: {err}")),
     }
 }
 
@@ -174,6 +184,13 @@ pub(crate) async fn websocket(mut socket: Socket, hub: Arc<Hub>, mut registratio
     let reason = pump(&mut socket, &hub, &mut registration, &mut cut)
         .await
         .unwrap_or_else(|reason| reason);
+    // The connection counts as ended now (frames still on the wire are unconfirmed), and
+    // gives its place back — except at shutdown, where the close after the drain is part
+    // of what the caller waits for.
+    let mut registration = Some(registration);
+    if reason != Disconnect::Shutdown {
+        end(registration.take(), reason);
+    }
     // After whatever the wire still holds: a close never cuts a frame in two.
     let closed = match reason {
         Disconnect::Error => false,
@@ -196,13 +213,19 @@ pub(crate) async fn websocket(mut socket: Socket, hub: Arc<Hub>, mut registratio
             }
         }
     };
-    registration.end(reason);
-    drop(registration);
+    end(registration, reason);
     if closed {
         tokio::select! {
             () = socket::linger(&mut socket, CLOSE_GRACE) => {}
             () = cut_off(&mut cut) => {}
         }
+    }
+}
+
+/// Counts a connection's end and lets go of it (settling its books).
+fn end(registration: Option<Registration>, reason: Disconnect) {
+    if let Some(registration) = registration {
+        registration.end(reason);
     }
 }
 
@@ -284,10 +307,10 @@ async fn pump(
                     socket.get_mut().queue(&entry.frame);
                     flush(socket, registration, 1).await
                 }
-                Out::Control(text) => socket
-                    .send(Message::Text(Utf8Bytes::from(text)))
-                    .await
-                    .map_err(write_error),
+                Out::Control(text) => {
+                    socket.get_mut().queue(&socket::text_frame(&text));
+                    flush(socket, registration, 0).await
+                }
             }
         };
         guard.run(sent).await?;
@@ -327,9 +350,8 @@ async fn pump(
                         Err(end) => return end,
                     };
                     if let Some(reply) = reply {
-                        guard
-                            .run(async { socket.send(reply).await.map_err(write_error) })
-                            .await?;
+                        socket.get_mut().queue(&socket::text_frame(&reply));
+                        guard.run(flush(socket, registration, 0)).await?;
                     }
                 }
                 continue;
@@ -347,7 +369,7 @@ async fn pump(
             inbound = socket.next() => {
                 unanswered = None;
                 match heard(inbound, registration) {
-                    Ok(Some(reply)) => reply,
+                    Ok(Some(reply)) => socket::text_frame(&reply),
                     Ok(None) => continue,
                     Err(end) => return end,
                 }
@@ -357,12 +379,13 @@ async fn pump(
             }
             _ = ping.tick(), if unanswered.is_none() => {
                 unanswered = Some(Instant::now());
-                Message::Ping(Default::default())
+                socket::ping_frame()
             },
         };
-        guard
-            .run(async { socket.send(outbound).await.map_err(write_error) })
-            .await?;
+        // The feed's own frames (events, answers, pings) go onto the wire whole, like the
+        // events; tungstenite writes only the protocol's pongs and closes.
+        socket.get_mut().queue(&outbound);
+        guard.run(flush(socket, registration, 0)).await?;
     }
 }
 
@@ -371,26 +394,13 @@ async fn pump(
 fn heard(
     inbound: Option<Result<Message, tungstenite::Error>>,
     registration: &Registration,
-) -> Result<Option<Message>, Result<Disconnect, Disconnect>> {
+) -> Result<Option<String>, Result<Disconnect, Disconnect>> {
     match inbound {
         None | Some(Ok(Message::Close(_))) => Err(Ok(Disconnect::Client)),
         Some(Ok(Message::Text(text))) => Ok(Some(apply(text.as_str(), registration))),
-        Some(Ok(Message::Binary(_))) => Ok(Some(control(
-            "error",
-            serde_json::json!({"message": "binary messages are not supported"}),
-        ))),
+        Some(Ok(Message::Binary(_))) => Ok(Some(error("binary messages are not supported"))),
         Some(Ok(_)) => Ok(None), // ping (answered by the library), pong
         Some(Err(err)) => Err(Err(inbound_error(&err))),
-    }
-}
-
-/// A write that failed: an answer that does not fit beside what the client has not read
-/// yet (a slow consumer), or an I/O error.
-fn write_error(err: tungstenite::Error) -> Disconnect {
-    tracing::debug!(target: "emissions::websocket", %err, "write failed");
-    match err {
-        tungstenite::Error::WriteBufferFull(_) => Disconnect::Slow,
-        _ => Disconnect::Error,
     }
 }
 
@@ -402,10 +412,18 @@ async fn cut_off(cut: &mut watch::Receiver<bool>) {
     }
 }
 
-/// An inbound message over the limit, or another protocol or I/O error.
+/// What a read's error says of the client: a message over the limit, a protocol breach, a
+/// text that is not UTF-8, or an I/O error (a client gone without a close among them).
 fn inbound_error(err: &tungstenite::Error) -> Disconnect {
+    use tungstenite::error::ProtocolError;
+    tracing::debug!(target: "emissions::websocket", %err, "read failed");
     match err {
         tungstenite::Error::Capacity(_) => Disconnect::TooBig,
+        tungstenite::Error::Utf8(_) => Disconnect::NotUtf8,
+        tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+            Disconnect::Error
+        }
+        tungstenite::Error::Protocol(_) => Disconnect::Protocol,
         _ => Disconnect::Error,
     }
 }

@@ -6,8 +6,9 @@
 //! A server's frames are not masked, so an event's WebSocket frame is the same bytes for
 //! every connection: it is encoded once, when the event enters the feed, and a connection
 //! copies the frames it may see straight from the feed into its [`Wire`]'s buffer and hands
-//! them to the socket in one write. tungstenite still reads the client's frames and writes
-//! the protocol's own (pongs, closes, control answers) through the same buffer.
+//! them to the socket in one write. The feed's other frames (answers to control messages,
+//! pings) go onto the wire the same way; tungstenite reads the client's frames and writes
+//! the protocol's own (pongs, closes) through the same buffer.
 //!
 //! # Order and cancellation
 //!
@@ -21,18 +22,19 @@
 //!
 //! tungstenite's writes (pongs to a client that pings without reading, say) wait once more
 //! than [`BACKLOG`] bytes are queued, and tungstenite keeps at most as much again of its own
-//! ([`config`]): past that, a pong waiting to go out is replaced by the next, and an answer
-//! of the feed's own fails, cutting the client off as a slow consumer. The feed appends only after its previous frames were
-//! flushed, one write batch at a time, and a batch stops at [`BACKLOG`] bytes (or one
-//! frame, when a frame is larger): a connection whose client stops reading holds at most a
-//! batch of its own, whatever the number of connections.
+//! ([`config`]): past that, a pong waiting to go out is replaced by the next. The feed
+//! appends only after its previous frames were flushed, one write batch (or one answer) at
+//! a time, and a batch stops at [`BACKLOG`] bytes (or one frame, when a frame is larger): a
+//! connection whose client stops reading holds at most a batch of its own, whatever the
+//! number of connections.
 //!
 //! # Closing
 //!
 //! [`linger`]: after the close frame, the wire is shut down for writing (a TCP FIN after
 //! everything queued) and what the client still sends is read and dropped until it closes
 //! too: a socket closed with unread input is reset, and a reset can discard, on the client's
-//! side, the very close frame that said why.
+//! side, the very close frame that said why. It lasts 5 s at most, and ends at the shutdown
+//! deadline.
 
 use std::io;
 use std::pin::Pin;
@@ -224,6 +226,16 @@ pub(crate) async fn linger(socket: &mut Socket, max: Duration) {
         while let Ok(1..) = wire.read(&mut scrap).await {}
     })
     .await;
+}
+
+/// A ping as a server sends it, with no payload.
+pub(crate) fn ping_frame() -> Vec<u8> {
+    let frame = Frame::ping(Vec::new());
+    let mut bytes = Vec::with_capacity(frame.len());
+    frame
+        .format(&mut bytes)
+        .expect("a frame formats into a vector");
+    bytes
 }
 
 /// The upgraded connection with an outgoing buffer of whole frames (see the module docs).
@@ -551,5 +563,30 @@ mod tests {
             &sent[sent.len().saturating_sub(3)..]
         );
         drop(closing.await.unwrap());
+    }
+
+    #[test]
+    fn frames_are_final_unmasked_and_carry_their_payload() {
+        assert_eq!(text_frame("é"), [0x81, 2, 0xc3, 0xa9]);
+        let text = "x".repeat(300);
+        let long = text_frame(&text);
+        assert_eq!(&long[..4], &[0x81, 126, 1, 44]);
+        assert_eq!(&long[4..], text.as_bytes());
+        assert_eq!(ping_frame(), [0x89, 0]);
+    }
+
+    #[test]
+    fn connection_tokens_are_matched_whole_and_case_insensitively() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        assert!(has_token(&headers, header::CONNECTION, "upgrade"));
+        headers.append(header::CONNECTION, HeaderValue::from_static("close"));
+        assert!(has_token(&headers, header::CONNECTION, "upgrade"));
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgraded"));
+        assert!(!has_token(&headers, header::CONNECTION, "upgrade"));
+        assert!(!has_token(&headers, header::UPGRADE, "websocket"));
     }
 }

@@ -245,3 +245,122 @@ async fn a_clients_close_is_answered_before_the_connection_ends() {
     until("ended", || app.feed.stats().connected == 0).await;
     assert_eq!(app.feed.stats().disconnects_for(Disconnect::Client), 1);
 }
+
+/// A control message whose error would quote it at length — here 16 KiB of combining marks,
+/// each quoted as eight bytes, under the default limits — is answered with an error frame
+/// cut to a readable length, and the connection goes on (it was cut off as a slow consumer
+/// when the answer passed the write buffer's bound). The longest subscription is echoed
+/// whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_message_of_any_size_within_the_limit_gets_an_answer() {
+    let app = app(orders()).await;
+    let mut ws = ws(&app, "alice", "").await;
+    let marks = "\u{300}".repeat((16 * 1024 - 16) / 2);
+    let answer = control(&mut ws, serde_json::json!({ "subscribe": marks })).await;
+    assert_eq!(answer["type"], "error", "{answer}");
+    let message = answer["message"].as_str().unwrap();
+    assert!(
+        message.chars().count() <= 257,
+        "{} characters",
+        message.len()
+    );
+    let patterns: Vec<String> = (0..64)
+        .map(|i| format!("order_{i:02}_{}", "é".repeat(100)))
+        .collect();
+    let answer = control(
+        &mut ws,
+        serde_json::json!({ "subscribe": { "events": patterns } }),
+    )
+    .await;
+    assert_eq!(answer["type"], "subscribed", "{answer}");
+    assert_eq!(answer["events"].as_array().unwrap().len(), 64);
+    let stats = app.feed.stats();
+    assert_eq!(
+        (stats.connected, stats.disconnects_for(Disconnect::Slow)),
+        (1, 0)
+    );
+}
+
+/// A client that stops taking bytes while frames flow is counted gone (4001) and gives its
+/// place back once the write made no progress for the ping interval and timeout — not after
+/// the close frame it will never read has had its own grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_mid_write_is_counted_gone_without_waiting_for_its_close() {
+    let app = app(orders()
+        .ping(Duration::from_millis(300), Duration::from_millis(300))
+        .client_queue(10_000, 1 << 30))
+    .await;
+    let _dead = raw_ws(app.addr, "alice", 4096).await;
+    until("registered", || app.feed.stats().connected == 1).await;
+    commit_padded(&app.emissions, 300, "alice", 32 * 1024).await;
+    let started = std::time::Instant::now();
+    until("ended", || app.feed.stats().connected == 0).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    let stats = app.feed.stats();
+    assert_eq!(
+        stats.disconnects_for(Disconnect::PingTimeout),
+        1,
+        "{stats:?}"
+    );
+    assert_eq!(
+        stats.frames_sent + stats.unconfirmed_frames + stats.dropped_frames,
+        300
+    );
+}
+
+/// After a shutdown that drained early, connections whose clients neither close nor read
+/// stop reading them at the shutdown's deadline: past it the server's sockets are gone (a
+/// client's writes then meet a reset).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_end_by_the_shutdown_deadline_even_when_it_drained_early() {
+    let app = app(orders()).await;
+    let mut raw = raw_ws(app.addr, "alice", 64 * 1024).await;
+    until("registered", || app.feed.stats().connected == 1).await;
+    commit(&app.emissions, &[("order_created", "alice")]).await;
+    let started = tokio::time::Instant::now();
+    app.feed.shutdown(Duration::from_millis(500)).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(400),
+        "drained early"
+    );
+    let read = read_raw(&mut raw).await;
+    assert_eq!((read.events, read.close, read.ended), (1, Some(1001), true));
+    tokio::time::sleep_until(started + Duration::from_millis(800)).await;
+    let ping = client_frame(0x9, b"anyone?");
+    let mut refused = false;
+    for _ in 0..10 {
+        if raw.write_all(&ping).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        refused,
+        "the server's socket outlived the shutdown deadline"
+    );
+}
+
+/// A text message that is not UTF-8 fails the connection with 1007, a frame that breaks the
+/// protocol (unmasked, from a client) with 1002; each is counted as such.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_breaches_get_their_close_codes() {
+    let app = app(orders()).await;
+    let mut not_utf8 = raw_ws(app.addr, "alice", 64 * 1024).await;
+    let mut unmasked = raw_ws(app.addr, "bob", 64 * 1024).await;
+    until("registered", || app.feed.stats().connected == 2).await;
+    not_utf8
+        .write_all(&client_frame(0x1, b"{\"subscribe\xff\xfe"))
+        .await
+        .unwrap();
+    unmasked.write_all(&[0x81, 2, b'{', b'}']).await.unwrap();
+    assert_eq!(read_raw(&mut not_utf8).await.close, Some(1007));
+    assert_eq!(read_raw(&mut unmasked).await.close, Some(1002));
+    let stats = app.feed.stats();
+    assert_eq!(stats.disconnects_for(Disconnect::NotUtf8), 1, "{stats:?}");
+    assert_eq!(stats.disconnects_for(Disconnect::Protocol), 1, "{stats:?}");
+}
