@@ -13,10 +13,10 @@ use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::MethodRouter;
 use emissions_core::{Event, TopicRouter};
-use futures_util::{FutureExt, SinkExt};
+use futures_util::FutureExt;
 use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::Error;
 use crate::adapter::FeedAdapter;
@@ -268,7 +268,7 @@ impl<A: Authorize> LiveFeed<A> {
                                     code: 1001.into(),
                                     reason: Utf8Bytes::from_static("server shutting down"),
                                 };
-                                let _ = socket.send(Message::Close(Some(close))).await;
+                                let _ = socket::close(&mut socket, close).await;
                             }
                         }
                     },

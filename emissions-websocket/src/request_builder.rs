@@ -55,8 +55,9 @@ pub(crate) fn entry(
     };
     // Strings, an envelope and a CloudEvent: serde_json writes them without fail.
     let text = serde_json::to_string(&frame).expect("a frame always serializes");
-    let frame = Bytes::from(socket::text_frame(&text));
-    let text = frame.slice(frame.len() - text.len()..);
+    let len = text.len();
+    let frame = Bytes::from(socket::text_frame(text));
+    let text = frame.slice(frame.len() - len..);
     Arc::new(Entry {
         stream,
         offset,
@@ -91,7 +92,7 @@ mod tests {
         assert_eq!(frame["event"], envelope);
         assert_eq!(frame["event"]["type"], "café_opened");
         assert_eq!(frame["event"]["data"], serde_json::json!({"é": [1, 2]}));
-        assert_eq!(&entry.frame[..], socket::text_frame(entry.text.as_str()));
+        assert_eq!(&entry.frame[..], socket::text_frame(entry.text.to_string()));
     }
 
     #[test]

@@ -233,12 +233,22 @@ fn end(registration: Option<Registration>, reason: Disconnect) {
 /// what else it holds; counts them sent once the socket has taken them all. Dropped
 /// half-way, it leaves them on the wire, where the next flush resumes.
 async fn flush(socket: &mut Socket, registration: &Registration, n: u64) -> Result<(), Disconnect> {
+    flush_wire(socket).await?;
+    registration.written(n);
+    Ok(())
+}
+
+/// Sends one frame of the feed's own (an answer, a ping) after what the wire holds.
+async fn say(socket: &mut Socket, frame: &[u8]) -> Result<(), Disconnect> {
+    socket.get_mut().queue(frame);
+    flush_wire(socket).await
+}
+
+async fn flush_wire(socket: &mut Socket) -> Result<(), Disconnect> {
     socket.get_mut().flush().await.map_err(|err| {
         tracing::debug!(target: "emissions::websocket", %err, "write failed");
         Disconnect::Error
-    })?;
-    registration.written(n);
-    Ok(())
+    })
 }
 
 /// How a write waits: for the hub letting go of the connection (slow), the shutdown cut, and
@@ -307,10 +317,7 @@ async fn pump(
                     socket.get_mut().queue(&entry.frame);
                     flush(socket, registration, 1).await
                 }
-                Out::Control(text) => {
-                    socket.get_mut().queue(&socket::text_frame(&text));
-                    flush(socket, registration, 0).await
-                }
+                Out::Control(text) => say(socket, &socket::text_frame(text)).await,
             }
         };
         guard.run(sent).await?;
@@ -350,8 +357,7 @@ async fn pump(
                         Err(end) => return end,
                     };
                     if let Some(reply) = reply {
-                        socket.get_mut().queue(&socket::text_frame(&reply));
-                        guard.run(flush(socket, registration, 0)).await?;
+                        guard.run(say(socket, &socket::text_frame(reply))).await?;
                     }
                 }
                 continue;
@@ -369,7 +375,7 @@ async fn pump(
             inbound = socket.next() => {
                 unanswered = None;
                 match heard(inbound, registration) {
-                    Ok(Some(reply)) => socket::text_frame(&reply),
+                    Ok(Some(reply)) => socket::text_frame(reply),
                     Ok(None) => continue,
                     Err(end) => return end,
                 }
@@ -384,8 +390,7 @@ async fn pump(
         };
         // The feed's own frames (events, answers, pings) go onto the wire whole, like the
         // events; tungstenite writes only the protocol's pongs and closes.
-        socket.get_mut().queue(&outbound);
-        guard.run(flush(socket, registration, 0)).await?;
+        guard.run(say(socket, &outbound)).await?;
     }
 }
 

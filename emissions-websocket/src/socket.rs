@@ -190,8 +190,16 @@ fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool
 
 /// A text message as a server sends it (final, unmasked), ready to be copied to any
 /// connection.
-pub(crate) fn text_frame(text: &str) -> Vec<u8> {
-    let frame = Frame::message(text.to_owned(), OpCode::Data(Data::Text), true);
+pub(crate) fn text_frame(text: String) -> Vec<u8> {
+    encode(Frame::message(text, OpCode::Data(Data::Text), true))
+}
+
+/// A ping as a server sends it, with no payload.
+pub(crate) fn ping_frame() -> Vec<u8> {
+    encode(Frame::ping(Vec::new()))
+}
+
+fn encode(frame: Frame) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(frame.len());
     frame
         .format(&mut bytes)
@@ -226,16 +234,6 @@ pub(crate) async fn linger(socket: &mut Socket, max: Duration) {
         while let Ok(1..) = wire.read(&mut scrap).await {}
     })
     .await;
-}
-
-/// A ping as a server sends it, with no payload.
-pub(crate) fn ping_frame() -> Vec<u8> {
-    let frame = Frame::ping(Vec::new());
-    let mut bytes = Vec::with_capacity(frame.len());
-    frame
-        .format(&mut bytes)
-        .expect("a frame formats into a vector");
-    bytes
 }
 
 /// The upgraded connection with an outgoing buffer of whole frames (see the module docs).
@@ -397,7 +395,7 @@ mod tests {
         let mut expected = Vec::new();
         for i in 0..300 {
             let text = format!("event {i} {}", "é".repeat(i % 90));
-            server.get_mut().queue(&text_frame(&text));
+            server.get_mut().queue(&text_frame(text.clone()));
             expected.push(text);
             if i % 7 == 0 {
                 server.get_mut().flush().await.unwrap();
@@ -431,7 +429,7 @@ mod tests {
     async fn a_close_after_a_dropped_flush_follows_the_frames_queued_before_it() {
         let (mut server, mut client) = pair(64).await;
         for i in 0..50 {
-            server.get_mut().queue(&text_frame(&format!("{i:0>300}")));
+            server.get_mut().queue(&text_frame(format!("{i:0>300}")));
         }
         let flushed =
             tokio::time::timeout(Duration::from_millis(20), server.get_mut().flush()).await;
@@ -567,9 +565,9 @@ mod tests {
 
     #[test]
     fn frames_are_final_unmasked_and_carry_their_payload() {
-        assert_eq!(text_frame("é"), [0x81, 2, 0xc3, 0xa9]);
+        assert_eq!(text_frame("é".into()), [0x81, 2, 0xc3, 0xa9]);
         let text = "x".repeat(300);
-        let long = text_frame(&text);
+        let long = text_frame(text.clone());
         assert_eq!(&long[..4], &[0x81, 126, 1, 44]);
         assert_eq!(&long[4..], text.as_bytes());
         assert_eq!(ping_frame(), [0x89, 0]);
